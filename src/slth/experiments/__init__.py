@@ -1,0 +1,1 @@
+"""Experiments and benchmarks built on the library (called by the CLI)."""

@@ -1,0 +1,18 @@
+import os
+
+import pytest
+
+os.environ.setdefault("SLTH_CACHE", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "slth"))
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the CLI in-process; returns (exit status, stdout, stderr)."""
+    from slth.cli import main
+
+    def _run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return _run
