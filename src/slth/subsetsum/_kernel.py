@@ -175,9 +175,20 @@ def build_error_tables(c, n1, n2, sa, ka, sb, kb, ts, tk, look, prm):
     """Error flavour: A unsorted (2^n1 entries), B sorted + deduplicated + indexed. Returns |B|."""
     _doubling(c, 0, n1, sa, ka)
     _doubling(c, n1, n2, ts, tk)
-    _bucket_sort(ts, tk, 1 << n2, sb, kb, look, prm)
-    cnt = _dedupe(sb, kb, 0, 1 << n2)
-    _index(sb, cnt, look, prm)
+    cnt = 1 << n2
+    _bucket_sort(ts, tk, cnt, sb, kb, look, prm)
+    # look[b] holds the end of bucket b: shift it to the start, the index we need
+    for b in range(look.shape[0] - 1, 0, -1):
+        look[b] = look[b - 1]
+    look[0] = 0
+    dup = False
+    for r in range(1, cnt):
+        if sb[r] == sb[r - 1]:
+            dup = True
+            break
+    if dup:  # equal sums (zeros, repeated coefficients): keep one entry per sum, re-index
+        cnt = _dedupe(sb, kb, 0, cnt)
+        _index(sb, cnt, look, prm)
     return cnt
 
 

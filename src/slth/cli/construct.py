@@ -1,0 +1,193 @@
+"""``slth train`` and ``slth construct``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..errors import SlthError
+from . import app
+from ._common import (atomic_output_dir, console, parse_int_list, peak_rss_mb, progress_bar,
+                      write_json)
+
+
+def data_options(f):
+    f = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                     help="Folder with the IDX files (fashion-mnist defaults to "
+                          "/usr/share/datasets/fashion-mnist).")(f)
+    return f
+
+
+@app.command("train")
+@click.option("--data", "data_name", type=click.Choice(["digits", "fashion-mnist", "mnist"]),
+              default="digits", show_default=True, help="Training data.")
+@data_options
+@click.option("--hidden", default="500", show_default=True,
+              help="Hidden widths, comma-separated (e.g. 500 or 500,500).")
+@click.option("--bias/--no-bias", default=False, show_default=True, help="Linear layers with biases.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True, help="SGD learning rate (cosine schedule).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Where to write the target (.safetensors, or a torch state_dict for .pt).")
+def train_cmd(data_name, data_dir, hidden, bias, epochs, lr, batch_size, seed, out):
+    """Train a ReLU MLP target and report its test accuracy."""
+    from ..data import load_dataset
+    from ..targets import TrainConfig, train_target
+
+    widths = parse_int_list(hidden, "--hidden")
+    if any(h < 1 for h in widths):
+        raise SlthError(f"--hidden widths must be >= 1, got {hidden}")
+    if epochs < 1:
+        raise SlthError(f"--epochs must be >= 1, got {epochs}")
+    if not lr > 0:
+        raise SlthError(f"--lr must be > 0, got {lr}")
+    if batch_size < 1:
+        raise SlthError(f"--batch-size must be >= 1, got {batch_size}")
+    if out.suffix not in (".safetensors", ".pt", ".pth"):
+        raise SlthError(f"--out must end in .safetensors or .pt, got {out.name}")
+    data = load_dataset(data_name, data_dir)
+    cfg = TrainConfig(hidden=tuple(widths), bias=bias, epochs=epochs, lr=lr,
+                      batch_size=batch_size, seed=seed)
+    t0 = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task(f"training on {data_name}", total=epochs)
+        mlp, acc = train_target(data, cfg, progress=lambda e, l: bar.update(task, completed=e))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mlp.save(out)
+    console.print(f"{'-'.join(map(str, mlp.dims))} ReLU net, {mlp.n_params:,} parameters, "
+                  f"test accuracy [bold]{acc:.2%}[/] on {data_name} "
+                  f"({time.perf_counter() - t0:.0f} s); wrote {out}")
+
+
+def report_table(rep: dict, title: str) -> Table:
+    """The summary table of one construction report."""
+    def fmt(v, spec=".3g"):
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return str(v)
+        if isinstance(v, int):
+            return f"{v:,}"
+        if isinstance(v, float):
+            return format(v, spec)
+        if isinstance(v, list):
+            return ", ".join(map(str, v))
+        return str(v)
+
+    t = Table(title=title)
+    t.add_column("quantity")
+    t.add_column("ours", justify="right")
+    t.add_column("theory", justify="right")
+    size_key = next((k for k in ("n_per_layer", "samples_per_layer", "k_per_layer") if k in rep), None)
+    if size_key:
+        t.add_row(size_key.replace("_", " "), fmt(rep[size_key]), fmt(rep.get("theory_" + size_key)))
+    t.add_row("G width per layer", fmt(rep["width_per_layer"]), "")
+    t.add_row("random params (G)", f"{rep['random_params']:,}", fmt(rep.get("theory_random_params")))
+    t.add_row("active params (ticket)", f"{rep['active_params']:,}", "")
+    t.add_row("target params", f"{rep['target_params']:,}", "")
+    t.add_row("density (kept / G)", f"{rep['density']:.4%}", "")
+    t.add_row("over-parameterization (G / target)", f"{rep['overparam_factor']:.1f}×", "")
+    t.add_row("max weight error", fmt(rep.get("max_weight_error")), "")
+    t.add_row(f"certified bound ({rep['domain']['kind']})", fmt(rep["certified_bound"]),
+              fmt(rep.get("eps")))
+    t.add_row("max error on test data in domain", fmt(rep.get("empirical_max_error")), "")
+    t.add_row("max error by gradient ascent", fmt(rep.get("adversarial_max_error")), "")
+    t.add_row("tightness (certified / found)", fmt(rep.get("bound_tightness"), ".1f"), "")
+    if rep.get("target_accuracy") is not None:
+        t.add_row("target accuracy", f"{rep['target_accuracy']:.2%}", "")
+        t.add_row("ticket accuracy", f"{rep['ticket_accuracy']:.2%}", "")
+        t.add_row("agreement (same class)", f"{rep['agreement']:.2%}", "")
+    t.add_row("time", f"{rep['seconds']:.1f} s", "")
+    t.add_row("peak memory", f"{rep['peak_rss_mb']:.0f} MiB", "")
+    return t
+
+
+def domain_options(f):
+    f = click.option("--radius", type=float, default=1.0, show_default=True,
+                     help="Radius R of the ball domain.")(f)
+    f = click.option("--domain", type=click.Choice(["box", "ball"]), default="box",
+                     show_default=True, help="Certified input set: box [0,1]^d (images) or the "
+                                             "ball ||x|| <= R of the theorems.")(f)
+    return f
+
+
+def run_construction(target_path, method, eps, n_text, domain_kind, radius, data_name, data_dir,
+                     seed, extra, progress_label="constructing"):
+    """Load, construct, evaluate; returns (target, construction, report)."""
+    from ..certify import Domain
+    from ..constructions import construct
+    from ..data import load_dataset
+    from ..report import evaluate
+    from ..targets import load_target
+
+    if (eps is None) == (n_text is None):
+        raise SlthError("give exactly one of --eps (error bound) or --n (size)")
+    if eps is not None and not eps > 0:
+        raise SlthError(f"--eps must be > 0, got {eps}")
+    settings = dict(extra)
+    if n_text is not None:
+        ns = parse_int_list(n_text, "--n")
+        if any(k < 1 for k in ns):
+            raise SlthError(f"--n must be >= 1, got {n_text}")
+        settings["n"] = ns[0] if len(ns) == 1 else ns
+    else:
+        settings["eps"] = eps
+    domain = Domain(domain_kind, radius=radius)
+    target = load_target(target_path)
+    data = load_dataset(data_name, data_dir) if data_name else None
+    if data is not None and data.dim != target.dims[0]:
+        raise SlthError(f"{data_name} has {data.dim} inputs but the target expects "
+                        f"{target.dims[0]}; pick the data the target was trained on")
+    t0 = time.perf_counter()
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(progress_label, total=None)
+        say = lambda msg: bar.update(task, description=msg)  # noqa: E731
+        con = construct(target, method=method, domain=domain, seed=seed, progress=say, **settings)
+        rep = evaluate(target, con, domain, data, seed=seed, progress=say)
+    rep["seconds"] = time.perf_counter() - t0
+    rep["peak_rss_mb"] = peak_rss_mb()
+    rep["data"] = data_name
+    rep["target"] = str(target_path)
+    return target, con, rep
+
+
+@app.command("construct")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--method", type=click.Choice(["pensia", "malach", "orseau"]), default="pensia",
+              show_default=True, help="Which paper's construction.")
+@click.option("--eps", type=float, default=None,
+              help="Certified error to reach: the smallest size whose bound meets it.")
+@click.option("--n", "n_text", default=None,
+              help="Size to use instead of --eps: block size per half (pensia), one value or "
+                   "one per layer (e.g. 21 or 21,16).")
+@domain_options
+@click.option("--data", "data_name", type=click.Choice(["digits", "fashion-mnist", "mnist"]),
+              default=None, help="Test data for accuracy, agreement and the empirical error.")
+@data_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for G's weights.")
+@click.option("--prune-dead/--keep-dead", default=False, show_default=True,
+              help="pensia: drop the negative halves of hidden layers (their post-ReLU inputs "
+                   "make them output 0).")
+@click.option("--compact/--no-compact", default=False, show_default=True,
+              help="Also write ticket.compact.safetensors (active weights only).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+def construct_cmd(target, method, eps, n_text, domain, radius, data_name, data_dir, seed,
+                  prune_dead, compact, out):
+    """Build a ticket for TARGET inside a random network, certify its output error, and write
+    OUT/ticket.safetensors and OUT/report.json."""
+    extra = {"prune_dead": prune_dead} if method == "pensia" else {}
+    with atomic_output_dir(out) as tmp:
+        _, con, rep = run_construction(target, method, eps, n_text, domain, radius, data_name,
+                                       data_dir, seed, extra)
+        con.ticket.save(tmp / "ticket.safetensors")
+        if compact:
+            con.ticket.save_compact(tmp / "ticket.compact.safetensors")
+        write_json(tmp / "sparsity_report.json", con.ticket.sparsity_report())
+        write_json(tmp / "report.json", rep)
+    console.print(report_table(rep, f"{method} ticket for {target}"))
+    console.print(f"wrote {out}/ticket.safetensors and {out}/report.json")

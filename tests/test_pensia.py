@@ -1,0 +1,194 @@
+"""Pensia's construction: the ticket computes what its masks say, and the bound holds."""
+
+import numpy as np
+import pytest
+import torch
+
+from slth.certify import Domain, bound_details
+from slth.constructions import construct
+from slth.constructions.pensia import solve_layer
+from slth.report import evaluate
+from slth.targets import MLP
+from slth.ticket import load_ticket
+
+
+def random_target(rng, dims, bias, scale=0.5):
+    ws = [rng.normal(0, scale / np.sqrt(dims[i]), (dims[i + 1], dims[i])) for i in range(len(dims) - 1)]
+    bs = [rng.normal(0, 0.1, dims[i + 1]) if bias else None for i in range(len(dims) - 1)]
+    return MLP(ws, bs)
+
+
+def hand_forward(ticket, x):
+    """The masked network written out by hand: h <- relu((W * M) h + b * m)."""
+    h = x
+    for i, L in enumerate(ticket.layers):
+        h = h @ (L.weight.astype(np.float64) * L.mask).T
+        if L.bias is not None:
+            h = h + L.bias.astype(np.float64) * L.bias_mask
+        if i < len(ticket.layers) - 1:
+            h = np.maximum(h, 0)
+    return h
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_ticket_module_computes_exactly_what_the_masks_say(bias):
+    rng = np.random.default_rng(0)
+    tgt = random_target(rng, [5, 7, 3], bias)
+    t = construct(tgt, method="pensia", n=5, seed=3).ticket
+    x = rng.uniform(-1, 1, (40, 5))
+    ref = hand_forward(t, x)
+    np.testing.assert_allclose(t.forward(x), ref, rtol=1e-12, atol=1e-12)
+    m = t.module()
+    # prune-style parameters, usable without slth
+    names = dict(m.named_buffers()) | dict(m.named_parameters())
+    assert "0.weight_orig" in names and "0.weight_mask" in names
+    assert isinstance(m, torch.nn.Sequential)
+    out = m(torch.from_numpy(x).float()).detach().double().numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_effective_form_is_read_from_the_ticket_not_the_bookkeeping():
+    rng = np.random.default_rng(1)
+    tgt = random_target(rng, [4, 6, 2], True)
+    con = construct(tgt, method="pensia", n=7, seed=0)
+    eff = con.ticket.effective()
+    sols = [solve_layer(W, c, 7, 0, i) for i, (W, c) in enumerate(zip(tgt.weights, tgt.biases))]
+    for e, s in zip(eff, sols):
+        np.testing.assert_allclose(e.pos, s.sums[0], atol=1e-12)
+        np.testing.assert_allclose(e.neg, s.sums[1], atol=1e-12)
+        np.testing.assert_allclose(e.bias, s.bias_sums, atol=1e-12)
+    # the effective form reproduces the ticket's function
+    x = rng.uniform(-1, 1, (30, 4))
+    from slth.certify import effective_forward
+    y = effective_forward(tgt.dims, eff, torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, con.ticket.forward(x), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_found_errors_never_exceed_the_certified_bound(seed):
+    rng = np.random.default_rng(100 + seed)
+    depth = 2 + seed % 2
+    dims = [int(rng.integers(2, 7)) for _ in range(depth + 1)]
+    tgt = random_target(rng, dims, bias=bool(seed % 3 == 0), scale=1.5)
+    dom = Domain("ball", radius=float(rng.uniform(0.5, 3))) if seed % 2 else Domain("box")
+    con = construct(tgt, method="pensia", n=int(rng.integers(3, 9)), seed=seed)
+
+    class D:  # "test data": points of the domain
+        x_test = (rng.uniform(0, 1, (200, dims[0])) if dom.kind == "box"
+                  else rng.normal(size=(200, dims[0])) * dom.radius / (2 * np.sqrt(dims[0])))
+        y_test = np.zeros(200, dtype=np.int64)
+
+    rep = evaluate(tgt, con, dom, D, seed=seed, restarts=8, steps=60)
+    assert rep["test_inputs_in_domain"] > 0
+    assert rep["empirical_max_error"] <= rep["certified_bound"]
+    assert rep["adversarial_max_error"] <= rep["certified_bound"]
+    assert rep["bound_holds"]
+
+
+def test_bound_holds_on_a_target_far_outside_the_theorems_assumptions():
+    rng = np.random.default_rng(7)
+    tgt = random_target(rng, [30, 20, 4], bias=True, scale=4.0)  # spectral norms well above 1
+    dom = Domain("box")
+    con = construct(tgt, method="pensia", n=10, seed=1)
+
+    class D:
+        x_test = rng.uniform(0, 1, (500, 30))
+        y_test = np.zeros(500, dtype=np.int64)
+
+    rep = evaluate(tgt, con, dom, D, restarts=8, steps=80)
+    assert rep["empirical_max_error"] <= rep["certified_bound"]
+    assert rep["adversarial_max_error"] <= rep["certified_bound"]
+
+
+@pytest.mark.parametrize("kind", ["box", "ball"])
+def test_eps_mode_meets_the_requested_bound_with_the_smallest_sizes(kind):
+    rng = np.random.default_rng(2)
+    tgt = random_target(rng, [6, 8, 3], bias=False)
+    dom = Domain(kind)
+    eps = 1e-3
+    con = construct(tgt, method="pensia", eps=eps, domain=dom, seed=0)
+    rep = evaluate(tgt, con, dom, None, restarts=4, steps=30)
+    assert rep["certified_bound"] <= eps
+    ns = con.info["n_per_layer"]
+    for i in range(len(ns)):  # one less in any layer breaks the bound
+        smaller = list(ns)
+        smaller[i] -= 1
+        if smaller[i] == 0:
+            continue
+        effs = [construct(tgt, method="pensia", n=smaller, seed=0).ticket.effective()]
+        assert bound_details(tgt, effs[0], dom)["certified_bound"] > eps
+
+
+def test_larger_blocks_never_increase_weight_errors():
+    rng = np.random.default_rng(3)
+    W = rng.normal(0, 0.3, (4, 5))
+    prev = None
+    for n in range(2, 12):
+        s = solve_layer(W, None, n, seed=0, layer=0)
+        err = np.abs(s.sums[0] - W)
+        if prev is not None:
+            assert (err <= prev + 1e-15).all()
+        prev = err
+
+
+def test_same_seed_gives_byte_identical_ticket_files(tmp_path):
+    rng = np.random.default_rng(4)
+    tgt = random_target(rng, [5, 4, 3], bias=True)
+    for k in (1, 2):
+        construct(tgt, method="pensia", n=6, seed=9).ticket.save(tmp_path / f"t{k}.safetensors")
+    assert (tmp_path / "t1.safetensors").read_bytes() == (tmp_path / "t2.safetensors").read_bytes()
+    construct(tgt, method="pensia", n=6, seed=10).ticket.save(tmp_path / "t3.safetensors")
+    assert (tmp_path / "t1.safetensors").read_bytes() != (tmp_path / "t3.safetensors").read_bytes()
+
+
+def test_save_load_round_trips_full_and_compact(tmp_path):
+    rng = np.random.default_rng(5)
+    tgt = random_target(rng, [5, 4, 3], bias=True)
+    t = construct(tgt, method="pensia", n=6, seed=2).ticket
+    t.save(tmp_path / "t.safetensors")
+    t.save_compact(tmp_path / "c.safetensors")
+    a = load_ticket(tmp_path / "t.safetensors")
+    c = load_ticket(tmp_path / "c.safetensors")
+    assert a.meta["method"] == "pensia" and a.random_params == t.random_params
+    for L, M in zip(t.layers, a.layers):
+        np.testing.assert_array_equal(L.weight, M.weight)
+        np.testing.assert_array_equal(L.mask, M.mask)
+    x = rng.uniform(-1, 1, (20, 5))
+    np.testing.assert_array_equal(a.forward(x), t.forward(x))
+    np.testing.assert_allclose(c.forward(x), t.forward(x), atol=1e-12)
+    assert c.active_params == t.active_params
+    assert (tmp_path / "c.safetensors").stat().st_size < (tmp_path / "t.safetensors").stat().st_size
+
+
+def test_the_saved_file_loads_into_plain_pytorch(tmp_path):
+    from safetensors.torch import load_file
+    from torch.nn.utils import prune
+
+    rng = np.random.default_rng(6)
+    tgt = random_target(rng, [3, 4, 2], bias=False)
+    t = construct(tgt, method="pensia", n=4, seed=0).ticket
+    t.save(tmp_path / "t.safetensors")
+    sd = load_file(tmp_path / "t.safetensors")
+    # rebuild with nothing but torch: Linear/ReLU, prune.identity, load_state_dict
+    mods = []
+    for i, L in enumerate(t.layers):
+        lin = torch.nn.Linear(L.shape[1], L.shape[0], bias=False)
+        prune.identity(lin, "weight")
+        mods += [lin] + ([torch.nn.ReLU()] if i < len(t.layers) - 1 else [])
+    net = torch.nn.Sequential(*mods)
+    net.load_state_dict(sd)
+    x = rng.uniform(-1, 1, (10, 3))
+    np.testing.assert_allclose(net(torch.from_numpy(x).float()).detach().numpy(), t.forward(x),
+                               atol=1e-5)
+
+
+def test_density_and_sparsity_are_reported_explicitly():
+    rng = np.random.default_rng(8)
+    tgt = random_target(rng, [4, 3, 2], bias=False)
+    t = construct(tgt, method="pensia", n=5, seed=0).ticket
+    rep = t.sparsity_report()
+    assert rep["density"] == pytest.approx(t.active_params / t.random_params)
+    assert rep["sparsity"] == pytest.approx(1 - rep["density"])
+    assert sum(L["active"] for L in rep["layers"]) == t.active_params
+    # G of depth 2l, widths: d0 -> 2 n d0 -> d1 -> 2 n d1 -> d2
+    assert t.widths == [4, 40, 3, 30, 2]
