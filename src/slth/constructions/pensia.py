@@ -16,8 +16,10 @@ block's b beta. Each is solved exactly (minimum error) by ``slth.subsetsum``. Th
 block-diagonal in-links of used neurons and the chosen out-links; every other weight of G (the
 off-block in-weights, the unused out-weights) is drawn but pruned.
 
-Draws: element t of every block comes from its own stream (seed, layer, half, t), so G with
-block size n is a prefix of G with block size n + 1 and errors can only shrink as n grows.
+Draws: every in-weight vector a[half, t] and every row of out-weights b[half, t, k] comes from its
+own stream (seed, layer, kind, half, t, k). So G with block size n is a prefix of G with block
+size n + 1 (errors can only shrink as n grows), and any chunk of output rows can be solved on its
+own (``solve_rows``) with the same result as the whole layer.
 """
 
 from __future__ import annotations
@@ -58,46 +60,80 @@ class LayerSolution:
         return EffectiveLayer(self.sums[0].copy(), self.sums[1].copy(), bias)
 
 
-def draw_layer(d_out: int, d_in: int, has_bias: bool, n: int, seed: int, layer: int):
-    """G's in-block draws for one target layer: (a [2,n,d_in], b [2,n,d_out,d_in], beta, bb)."""
-    a = np.empty((2, n, d_in))
-    b = np.empty((2, n, d_out, d_in))
+# stream kinds (key = seed, layer, kind, half, t, row)
+IN_W, OUT_W, BIAS_IN, BIAS_OUT, FILL_W, FILL_B = range(6)
+
+
+def draw_in(d_in: int, n: int, has_bias: bool, seed: int, layer: int):
+    """In-weight magnitudes a [2, n, d_in] and bias-block biases beta [n] (or None)."""
+    a = np.stack([np.stack([f32(stream(seed, layer, IN_W, h, t, 0).uniform(0.0, 1.0, d_in))
+                            for t in range(n)]) for h in range(2)])
+    beta = (np.array([f32(stream(seed, layer, BIAS_IN, 0, t, 0).uniform(0.0, 1.0)) for t in range(n)])
+            if has_bias else None)
+    return a, beta
+
+
+def draw_out(rows: range, d_in: int, n: int, has_bias: bool, seed: int, layer: int):
+    """Out-weights of the given output rows: b [2, n, len(rows), d_in], bb [n, len(rows)]."""
+    b = np.empty((2, n, len(rows), d_in))
     for h in range(2):
         for t in range(n):
-            g = stream(seed, layer, h, t)
-            a[h, t] = f32(g.uniform(0.0, 1.0, d_in))
-            b[h, t] = f32(g.uniform(-1.0, 1.0, (d_out, d_in)))
-    beta = bb = None
+            for i, k in enumerate(rows):
+                b[h, t, i] = f32(stream(seed, layer, OUT_W, h, t, k).uniform(-1.0, 1.0, d_in))
+    bb = None
     if has_bias:
-        beta = np.empty(n)
-        bb = np.empty((n, d_out))
-        for t in range(n):
-            g = stream(seed, layer, 2, t)
-            beta[t] = f32(g.uniform(0.0, 1.0))
-            bb[t] = f32(g.uniform(-1.0, 1.0, d_out))
-    return a, b, beta, bb
+        bb = np.array([[f32(stream(seed, layer, BIAS_OUT, 0, t, k).uniform(-1.0, 1.0)) for k in rows]
+                       for t in range(n)])
+    return b, bb
+
+
+def solve_rows(W: np.ndarray, c: np.ndarray | None, n: int, seed: int, layer: int,
+               rows: range | None = None, halves=(0, 1), threads: int | None = None) -> LayerSolution:
+    """Solve the SubsetSums of output rows ``rows`` of one target layer at block size n.
+
+    Depends only on (W[rows], c[rows], n, seed, layer): any split of the rows into chunks gives
+    the same answers as one call over all rows.
+    """
+    d_out, d_in = W.shape
+    rows = range(d_out) if rows is None else rows
+    a, beta = draw_in(d_in, n, c is not None, seed, layer)
+    b, bb = draw_out(rows, d_in, n, c is not None, seed, layer)
+    Wr = W[rows.start:rows.stop]
+    mask = np.zeros((2, len(rows), d_in, n), bool)
+    sums = np.zeros((2, len(rows), d_in))
+    for h in halves:
+        # coefficient of (k, j, t) = b[h, t, k, j] * a[h, t, j]; exact in float64 (float32 inputs)
+        coef = np.ascontiguousarray(np.transpose(b[h] * a[h][:, None, :], (1, 2, 0))).reshape(-1, n)
+        target = Wr.ravel() if h == 0 else -Wr.ravel()
+        r = solve(coef, target, threads=threads)
+        mask[h] = r.mask.reshape(len(rows), d_in, n)
+        sums[h] = r.sums.reshape(len(rows), d_in)
+    sol = LayerSolution(n, a, b, mask, sums)
+    if c is not None:
+        coef = np.ascontiguousarray(bb.T * beta[None, :])
+        r = solve(coef, c[rows.start:rows.stop], threads=threads)
+        sol.beta, sol.bb, sol.bias_mask, sol.bias_sums = beta, bb, r.mask, r.sums
+    return sol
+
+
+def merge_rows(parts: list[LayerSolution]) -> LayerSolution:
+    """Concatenate chunk solutions (in row order) into the whole layer's solution."""
+    p0 = parts[0]
+    sol = LayerSolution(p0.n, p0.a, np.concatenate([p.b for p in parts], axis=2),
+                        np.concatenate([p.mask for p in parts], axis=1),
+                        np.concatenate([p.sums for p in parts], axis=1))
+    if p0.beta is not None:
+        sol.beta = p0.beta
+        sol.bb = np.concatenate([p.bb for p in parts], axis=1)
+        sol.bias_mask = np.concatenate([p.bias_mask for p in parts], axis=0)
+        sol.bias_sums = np.concatenate([p.bias_sums for p in parts])
+    return sol
 
 
 def solve_layer(W: np.ndarray, c: np.ndarray | None, n: int, seed: int, layer: int,
                 halves=(0, 1), threads: int | None = None) -> LayerSolution:
     """Draw the layer's blocks at size n and solve every entry's SubsetSums (minimum error)."""
-    d_out, d_in = W.shape
-    a, b, beta, bb = draw_layer(d_out, d_in, c is not None, n, seed, layer)
-    mask = np.zeros((2, d_out, d_in, n), bool)
-    sums = np.zeros((2, d_out, d_in))
-    for h in halves:
-        # coefficient of (k, j, t) = b[h, t, k, j] * a[h, t, j]; exact in float64 (float32 inputs)
-        coef = np.ascontiguousarray(np.transpose(b[h] * a[h][:, None, :], (1, 2, 0))).reshape(-1, n)
-        target = W.ravel() if h == 0 else -W.ravel()
-        r = solve(coef, target, threads=threads)
-        mask[h] = r.mask.reshape(d_out, d_in, n)
-        sums[h] = r.sums.reshape(d_out, d_in)
-    sol = LayerSolution(n, a, b, mask, sums)
-    if c is not None:
-        coef = bb.T * beta[None, :]
-        r = solve(np.ascontiguousarray(coef), c, threads=threads)
-        sol.beta, sol.bb, sol.bias_mask, sol.bias_sums = beta, bb, r.mask, r.sums
-    return sol
+    return solve_rows(W, c, n, seed, layer, None, halves, threads)
 
 
 def assemble_layers(sol: LayerSolution, seed: int, layer: int) -> tuple[Layer, Layer]:
@@ -106,8 +142,7 @@ def assemble_layers(sol: LayerSolution, seed: int, layer: int) -> tuple[Layer, L
     _, d_out, d_in, _ = sol.mask.shape
     has_bias = sol.beta is not None
     m = 2 * n * d_in + (n if has_bias else 0)
-    fill = stream(seed, layer, 3)
-    Uw = fill.uniform(-1.0, 1.0, (m, d_in)).astype(np.float32)
+    Uw = stream(seed, layer, FILL_W, 0, 0, 0).uniform(-1.0, 1.0, (m, d_in)).astype(np.float32)
     used = sol.mask.any(axis=1)                       # [2, d_in, n]: neuron has an out-link
     rows = np.arange(2 * n * d_in).reshape(d_in, 2, n)  # row of neuron (j, h, t)
     signs = np.array([1.0, -1.0])[:, None, None]
@@ -118,7 +153,7 @@ def assemble_layers(sol: LayerSolution, seed: int, layer: int) -> tuple[Layer, L
     Um[rows, jj] = np.transpose(used, (1, 0, 2))
     Ub = Ubm = None
     if has_bias:
-        Ub = stream(seed, layer, 4).uniform(-1.0, 1.0, m).astype(np.float32)
+        Ub = stream(seed, layer, FILL_B, 0, 0, 0).uniform(-1.0, 1.0, m).astype(np.float32)
         Ub[2 * n * d_in:] = sol.beta.astype(np.float32)
         Ubm = np.zeros(m, bool)
         Ubm[2 * n * d_in:] = sol.bias_mask.any(axis=0)
