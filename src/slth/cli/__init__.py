@@ -82,3 +82,7 @@ from . import bench  # noqa: E402,F401
 from . import construct  # noqa: E402,F401
 from . import demo  # noqa: E402,F401
 from . import reproduce  # noqa: E402,F401
+from . import search  # noqa: E402,F401  (issue 5: search, plant, reproduce pensia-exp2)
+from . import study  # noqa: E402,F401  (issue 4: study width, study neurons)
+from . import compare  # noqa: E402,F401  (issue 4: compare)
+from . import runs  # noqa: E402,F401  (issue 6: distributed runs)

@@ -149,6 +149,7 @@ def run_construction(target_path, method, eps, n_text, domain_kind, radius, data
         say = lambda msg: bar.update(task, description=msg)  # noqa: E731
         con = construct(target, method=method, domain=domain, seed=seed, progress=say, **settings)
         rep = evaluate(target, con, domain, data, seed=seed, progress=say)
+        rep.update({k: v for k, v in con.info.items() if k.startswith("theory_")})  # method options
     rep["seconds"] = time.perf_counter() - t0
     rep["peak_rss_mb"] = peak_rss_mb()
     rep["data"] = data_name
@@ -163,7 +164,8 @@ def run_construction(target_path, method, eps, n_text, domain_kind, radius, data
 @click.option("--eps", type=float, default=None,
               help="Certified error to reach: the smallest size whose bound meets it.")
 @click.option("--n", "n_text", default=None,
-              help="Size to use instead of --eps: block size per half (pensia), one value or "
+              help="Size to use instead of --eps: block size per half (pensia, orseau) or gadget "
+                   "size K per target neuron (malach), one value or "
                    "one per layer (e.g. 21 or 21,16).")
 @domain_options
 @click.option("--data", "data_name", type=click.Choice(["digits", "fashion-mnist", "mnist"]),
@@ -173,14 +175,48 @@ def run_construction(target_path, method, eps, n_text, domain_kind, radius, data
 @click.option("--prune-dead/--keep-dead", default=False, show_default=True,
               help="pensia: drop the negative halves of hidden layers (their post-ReLU inputs "
                    "make them output 0).")
+@click.option("--distribution", type=click.Choice(["hyperbolic", "uniform"]), default="hyperbolic",
+              show_default=True, help="orseau: magnitude distribution of G's weights.")
+@click.option("--gamma", type=click.Choice(["phi", "3/2"]), default="phi", show_default=True,
+              help="orseau: base of the golden-ratio digits.")
+@click.option("--w-min", type=float, default=None,
+              help="orseau: hyperbolic range [w-min, w-max] (default: set per layer from its "
+                   "scale and tolerance).")
+@click.option("--w-max", type=float, default=None, help="orseau: see --w-min (uniform: 1).")
+@click.option("--sizing", type=click.Choice(["search", "theory"]), default="search",
+              show_default=True, help="orseau with --eps: smallest size meeting eps, or the "
+                                      "batch-sampling size of the theorem.")
+@click.option("--delta", type=float, default=0.1, show_default=True,
+              help="orseau, malach: failure probability of the theory sizes.")
+@click.option("--max-params", type=int, default=100_000_000, show_default=True,
+              help="malach: refuse a G with more random parameters.")
 @click.option("--compact/--no-compact", default=False, show_default=True,
               help="Also write ticket.compact.safetensors (active weights only).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder. Without it the run goes to RUNS_DIR/<method>-<hash of "
+                   "settings>/ (resumable; a finished run is not recomputed).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Build on a local Dask cluster of this many single-threaded workers "
+                   "(pensia with --n; see docs/distributed.md).")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Build on an existing Dask cluster (pensia with --n).")
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"),
+              show_default=True, help="Where run folders live.")
 def construct_cmd(target, method, eps, n_text, domain, radius, data_name, data_dir, seed,
-                  prune_dead, compact, out):
+                  prune_dead, distribution, gamma, w_min, w_max, sizing, delta, max_params,
+                  compact, out, workers, scheduler, runs_dir):
     """Build a ticket for TARGET inside a random network, certify its output error, and write
-    OUT/ticket.safetensors and OUT/report.json."""
-    extra = {"prune_dead": prune_dead} if method == "pensia" else {}
+    OUT/ticket.safetensors and OUT/report.json (without --out: a resumable run folder)."""
+    from ..constructions.orseau import PHI
+    extra = {"pensia": {"prune_dead": prune_dead},
+             "orseau": {"distribution": distribution, "gamma": PHI if gamma == "phi" else 1.5,
+                        "w_min": w_min, "w_max": w_max, "sizing": sizing, "delta": delta},
+             "malach": {"delta": delta, "max_params": max_params}}[method]
+    if out is None or workers or scheduler:  # run folders, Dask (issue 6): slth.cli.runs
+        from .runs import construct_to_run_folder
+        return construct_to_run_folder(target, method, eps, n_text, domain, radius, data_name,
+                                       data_dir, seed, extra, compact, out, workers, scheduler,
+                                       runs_dir)
     with atomic_output_dir(out) as tmp:
         _, con, rep = run_construction(target, method, eps, n_text, domain, radius, data_name,
                                        data_dir, seed, extra)

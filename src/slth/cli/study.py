@@ -1,0 +1,119 @@
+"""``slth study width`` and ``slth study neurons``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..errors import SlthError
+from . import study_app
+from ._common import (atomic_output_dir, console, parse_float_list, parse_int_list, peak_rss_mb,
+                      progress_bar, write_json)
+
+
+def _fmt(v, spec=".3g"):
+    return "-" if v is None else format(v, spec)
+
+
+@study_app.command("width")
+@click.option("--methods", default="pensia,orseau,orseau-uniform,malach", show_default=True,
+              help="Comma-separated: pensia, orseau, orseau-uniform (orseau with "
+                   "--distribution uniform), malach.")
+@click.option("--eps-grid", default=None,
+              help="Comma-separated eps values [default: 10^-1 to 10^-6, half decades].")
+@click.option("--seeds", type=int, default=10, show_default=True,
+              help="Seeds per point; the size reported meets eps for a fraction >= 1 - delta.")
+@click.option("--delta", type=float, default=0.1, show_default=True)
+@click.option("--dims", default="8,8,8", show_default=True,
+              help="Widths of the random target (a) within the theorems' assumptions.")
+@click.option("--trained/--no-trained", default=True, show_default=True,
+              help="Also the 64-16-10 net trained on digits (b).")
+@click.option("--sweep-eps", type=float, default=0.01, show_default=True,
+              help="eps of the sweeps over target width d and depth l.")
+@click.option("--sweep-d", default="4,8,16,32", show_default=True, help="Target widths d (depth 2).")
+@click.option("--sweep-depth", default="1,2,3,4", show_default=True,
+              help="Target depths l (width = first of --dims).")
+@click.option("--max-params", type=int, default=20_000_000, show_default=True,
+              help="malach: largest G tried (its size grows like 1/eps).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Processes.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+def width_cmd(methods, eps_grid, seeds, delta, dims, trained, sweep_eps, sweep_d, sweep_depth,
+              max_params, workers, out):
+    """How large must G be? For each method and eps, the smallest size that meets eps (certified)
+    w.p. >= 1 - delta over seeds, beside the theorems; then against target width and depth.
+    Writes OUT/width.json and OUT/eps.png, OUT/d.png, OUT/depth.png."""
+    from ..experiments import width as W
+
+    s = W.Settings(methods=[m.strip() for m in methods.split(",") if m.strip()], seeds=seeds,
+                   delta=delta, dims=parse_int_list(dims, "--dims"), trained=trained,
+                   sweep_eps=sweep_eps, sweep_d=parse_int_list(sweep_d, "--sweep-d"),
+                   sweep_depth=parse_int_list(sweep_depth, "--sweep-depth"),
+                   max_params=max_params, workers=workers)
+    if eps_grid is not None:
+        s.eps_grid = parse_float_list(eps_grid, "--eps-grid")
+    if len(s.dims) < 2:
+        raise SlthError(f"--dims needs at least two widths (input and output), got {dims}")
+    s.check()
+    with atomic_output_dir(out) as tmp:
+        with progress_bar() as bar:
+            task = bar.add_task("width study", total=None)
+            res = W.run(s, progress=lambda done, total, msg: bar.update(
+                task, completed=done, total=total, description=msg))
+        res["peak_rss_mb"] = peak_rss_mb()
+        res["plots"] = W.plot(res, tmp)
+        write_json(tmp / "width.json", res)
+    t = Table(title=f"smallest size meeting eps (certified) w.p. >= {1 - delta:g} over {seeds} "
+                    "seeds: fits over eps")
+    for col in ("target", "method", "eps points", "smallest eps", "n = a + C log2(1/eps)",
+                "R2 (log)", f"C, R2 (eps <= {s.tail_eps:g}; points)", "n ~ (1/eps)^p", "R2 (power)"):
+        t.add_column(col, justify="right")
+    for r in W.summary_rows(res):
+        t.add_row(r["target"], r["method"], str(r["points"]), _fmt(r["eps_reached"]),
+                  f"{_fmt(r['log_a'], '.1f')} + {_fmt(r['log_C'], '.2f')} log2" if r["log_C"] is not None else "-",
+                  _fmt(r["log_r2"], ".3f"),
+                  f"{_fmt(r['log_C_tail'], '.2f')}, {_fmt(r['log_r2_tail'], '.3f')} ({r['points_tail']})",
+                  _fmt(r["power_p"], ".2f"), _fmt(r["power_r2"], ".3f"))
+    console.print(t)
+    console.print(f"{res['seconds']:.0f} s; wrote {out}/width.json and "
+                  f"{', '.join(f'{out}/{p}' for p in res['plots'])}")
+
+
+@study_app.command("neurons")
+@click.option("--dims", default="2,4,8,16,32,64", show_default=True, help="Input dimensions d.")
+@click.option("--widths", default="16,32,64,128,256,512,1024,2048", show_default=True,
+              help="Hidden widths N of the random 2-layer net.")
+@click.option("--seeds", type=int, default=3, show_default=True)
+@click.option("--threshold", type=float, default=0.1, show_default=True,
+              help="Relative error whose required width is reported per d.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+def neurons_cmd(dims, widths, seeds, threshold, out):
+    """Malach's note: pruning whole neurons of a random 2-layer net is a random-features model,
+    which cannot approximate even one ReLU neuron efficiently; pruning weights can. Writes
+    OUT/neurons.json and OUT/neurons.png."""
+    from ..experiments import neurons as N
+
+    s = N.Settings(dims=parse_int_list(dims, "--dims"), widths=parse_int_list(widths, "--widths"),
+                   seeds=seeds, threshold=threshold)
+    s.check()
+    with atomic_output_dir(out) as tmp:
+        with progress_bar() as bar:
+            task = bar.add_task("neuron vs weight pruning", total=None)
+            res = N.run(s, progress=lambda done, total, msg: bar.update(
+                task, completed=done, total=total, description=msg))
+        res["plots"] = N.plot(res, tmp)
+        write_json(tmp / "neurons.json", res)
+    t = Table(title=f"hidden width N needed for relative error <= {threshold:g} "
+                    "(single ReLU neuron, x on the unit sphere)")
+    t.add_column("d", justify="right")
+    for m in N.METHODS:
+        t.add_column(m, justify="right")
+    for d in s.dims:
+        row = [str(d)]
+        for m in N.METHODS:
+            w = res["width_needed"][m][str(d)]
+            row.append(f"{w:,}" if w else f"> {max(s.widths):,}")
+        t.add_row(*row)
+    console.print(t)
+    console.print(f"wrote {out}/neurons.json and {out}/neurons.png")
