@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1250px;margin:2em auto;
 padding:0 1em;color:#1d1d1f;line-height:1.45}
 h1{font-size:1.8em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;margin:1em 0;font-size:.92em}
+table{border-collapse:collapse;margin:1em 0;font-size:.88em} .tw{overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right} th{background:#f3f3f6}
 td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
@@ -43,7 +43,8 @@ class HtmlReport:
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>"
                        for r in rows)
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-        self.blocks.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        self.blocks.append(f'<div class="tw"><table>{cap}<thead><tr>{head}</tr></thead><tbody>'
+                           f"{body}</tbody></table></div>")
 
     def figure(self, fig, caption: str = "") -> None:
         """Embed a matplotlib figure (closed afterwards)."""
@@ -52,7 +53,18 @@ class HtmlReport:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
-        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        self._img(base64.b64encode(buf.getvalue()).decode("ascii"), caption)
+
+    def image(self, path: str | os.PathLike, caption: str = "") -> None:
+        """Embed a PNG file already on disk (nothing is embedded if it is missing)."""
+        path = Path(path)
+        if not path.exists():
+            self.paragraph(f"(figure {path.name} was not produced)", note=True)
+            return
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        self._img(data, caption)
+
+    def _img(self, data: str, caption: str) -> None:
         self.blocks.append(f'<figure><img alt="{html.escape(caption)}" '
                            f'src="data:image/png;base64,{data}"><figcaption>'
                            f"{html.escape(caption)}</figcaption></figure>")

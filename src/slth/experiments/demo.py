@@ -1,0 +1,285 @@
+"""``slth demo``: the whole idea in a few minutes, on the embedded digits data.
+
+Steps (each a call into the library; the demo adds no method of its own):
+
+1. train a 64-16-10 bias-free ReLU target on digits, rescaled to max |w| = 1/sqrt(d_in) per layer
+   (Malach's assumption; a bias-free classifier keeps its predictions);
+2. build its ticket with every construction at one certified eps (``experiments.compare``):
+   sizes, densities, certified bound next to the largest error found;
+3. a small width-vs-eps study on a random 8-8-8 target within the theorems' assumptions
+   (``experiments.width``), the theory's sizes beside the measured ones;
+4. a short edge-popup sweep on FC2 (``experiments.exp2``): accuracy against density for Pensia's
+   redundant structures, the wide random net and the dense trained baseline;
+5. a planted-ticket check (``experiments.plant``): edge-popup on the G of the Pensia ticket,
+   how much of the planted mask it recovers;
+6. ``report.html`` (self-contained: inline CSS, PNGs as base64) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..certify import Domain
+from ..constructions import construct
+from ..data import load_dataset
+from ..htmlreport import HtmlReport
+from ..report import evaluate
+from ..targets import TrainConfig, train_target
+from . import compare as C
+from . import exp2 as E2
+from . import width as W
+from .plant import plant
+
+
+@dataclass
+class DemoSettings:
+    """Everything the demo's outputs depend on."""
+
+    seed: int = 0
+    hidden: int = 16
+    epochs: int = 30
+    eps: float = 1e-2
+    methods: list[str] = field(default_factory=lambda: list(C.METHODS))
+    width_eps: list[float] = field(default_factory=lambda: [10 ** (-k / 2) for k in range(2, 9)])
+    width_seeds: int = 5
+    search_epochs: int = 5
+    search_densities: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5])
+    plant_epochs: int = 10
+    workers: int = 2
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "DemoSettings":
+        """A smaller demo (about a third of the time) for tests and slow machines."""
+        return cls(seed=seed, epochs=15, methods=["pensia", "orseau", "malach"],
+                   width_eps=[1e-1, 10 ** -1.5, 1e-2, 10 ** -2.5], width_seeds=2,
+                   search_epochs=3, search_densities=[0.05, 0.25, 0.5], plant_epochs=3, workers=1)
+
+
+STEPS = ("training the target", "constructions", "width vs eps", "edge-popup search",
+         "planted ticket", "report")
+
+
+def run(out: Path, s: DemoSettings, progress=None) -> dict:
+    """Run every step into the (existing, empty) folder ``out``; returns ``summary.json``'s dict.
+
+    progress(step_index, message) is called as work proceeds.
+    """
+    say = progress or (lambda i, msg: None)
+    t_start = time.perf_counter()
+    secs: dict[str, float] = {}
+    data = load_dataset("digits")
+
+    # 1. target
+    t0 = time.perf_counter()
+    say(0, STEPS[0])
+    cfg = TrainConfig(hidden=(s.hidden,), bias=False, epochs=s.epochs, seed=s.seed)
+    mlp, acc = train_target(data, cfg, progress=lambda e, loss: say(0, f"training: epoch {e}/{s.epochs}"))
+    target = W.malach_scaled(mlp)
+    target.save(out / "target.safetensors")
+    secs["target"] = time.perf_counter() - t0
+
+    # 2. every construction at one eps, certified
+    t0 = time.perf_counter()
+    box = Domain("box")
+    cmp = C.run(target, s.eps, box, data, s.methods, s.seed,
+                progress=lambda msg: say(1, msg))
+    C.plot(cmp, out)
+    # the Pensia ticket, kept as a file (and planted below)
+    say(1, "pensia: the ticket kept in pensia-ticket.safetensors")
+    con = construct(target, method="pensia", eps=s.eps, domain=box, seed=s.seed)
+    ticket = con.ticket
+    ticket.save(out / "pensia-ticket.safetensors")
+    pensia_rep = evaluate(target, con, box, data, seed=s.seed, restarts=8, steps=50)
+    secs["constructions"] = time.perf_counter() - t0
+
+    # 3. width vs eps against the theory
+    t0 = time.perf_counter()
+    ws = W.Settings(methods=[m for m in ("pensia", "orseau", "malach") if m in s.methods],
+                    eps_grid=s.width_eps, seeds=s.width_seeds, trained=False, sweep_d=[],
+                    sweep_depth=[], workers=s.workers, target_seed=s.seed)
+    wres = W.run(ws, progress=lambda i, n, msg: say(2, f"{msg} ({i}/{n})"))
+    W.plot({**wres, "d": {}, "depth": {}}, out)  # no width/depth sweeps here
+    secs["width"] = time.perf_counter() - t0
+
+    # 4. edge-popup on FC2: redundant vs wide vs dense trained
+    t0 = time.perf_counter()
+    st = E2.Exp2Settings(data="digits", epochs=s.search_epochs, seed=s.seed)
+    sres = E2.sweep(data, st, ["fc2"], s.search_densities, out / "search",
+                    progress=lambda key, i, n, k, m: say(3, f"{key} ({i + 1}/{n})"))
+    secs["search"] = time.perf_counter() - t0
+
+    # 5. planted ticket: search the Pensia ticket's own G
+    t0 = time.perf_counter()
+    grid = sorted({min(1.0, round(f * ticket.density, 6)) for f in (0.5, 1, 2)})
+    pres = plant(ticket, target, data, grid, [s.plant_epochs], seed=s.seed,
+                 certified_bound=pensia_rep["certified_bound"],
+                 progress=lambda msg, i, n: say(4, f"planted: {msg}"))
+    secs["plant"] = time.perf_counter() - t0
+
+    say(5, STEPS[5])
+    summary = {
+        "settings": asdict(s),
+        "target": {"dims": target.dims, "params": target.n_params, "accuracy": acc,
+                   "file": "target.safetensors"},
+        "constructions": [_construction_row(r) for r in cmp["rows"]],
+        "malach_vs": cmp["malach_vs"],
+        "width": {"target": wres["targets"]["assumption"]["description"],
+                  "seeds": ws.seeds, "delta": ws.delta,
+                  "methods": {m: {"eps": r["eps"], "size": r["size"], "theory_size": r["theory_size"],
+                                  "fit_log": r["fit"]["log"], "fit_power": r["fit"]["power"]}
+                              for m, r in wres["eps"]["assumption"].items()}},
+        "search": sres["summary"],
+        "search_runs": [{k: r[k] for k in ("structure", "density", "remaining_params", "accuracy")}
+                        for r in sres["runs"].values()],
+        "plant": {"planted": {k: pres["planted"][k] for k in
+                              ("density", "active_params", "params", "accuracy", "certified_bound")},
+                  "runs": [{k: r[k] for k in ("density", "epochs", "precision", "recall",
+                                              "chance_precision", "accuracy", "agreement",
+                                              "error_mean")} for r in pres["runs"]]},
+        "seconds": secs,
+    }
+    summary["seconds"]["total"] = time.perf_counter() - t_start
+    html_report(summary, out).save(out / "report.html")
+    (out / "summary.json").write_text(json.dumps(_plain(summary), indent=1) + "\n")
+    return summary
+
+
+def _construction_row(r: dict) -> dict:
+    if r.get("refused"):
+        return {"method": r["method"], "refused": r["refused"],
+                "random_params_needed": r.get("random_params_needed")}
+    rep = r["report"]
+    keys = ("random_params", "active_params", "density", "sparsity", "overparam_factor",
+            "certified_bound", "empirical_max_error", "adversarial_max_error", "max_error_found",
+            "bound_tightness", "target_accuracy", "ticket_accuracy", "agreement")
+    theory = rep.get("theory_n_per_layer") or rep.get("theory_samples_per_layer")
+    return {"method": r["method"], "size": r["size"], "size_kind": r["size_kind"],
+            "theory_size": theory, "seconds": r["seconds"],
+            "neurons_per_target_weight": r["neurons_per_target_weight"],
+            **{k: rep.get(k) for k in keys}}
+
+
+def _plain(o):
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
+
+
+def _pct(v):
+    return None if v is None else f"{100 * v:.2f}%"
+
+
+def _size(v):
+    if v is None:
+        return None
+    return ",".join(f"{x:,}" if isinstance(x, (int, np.integer)) else f"{x:,.0f}" for x in v) \
+        if isinstance(v, (list, tuple)) else v
+
+
+def html_report(sm: dict, out: Path) -> HtmlReport:
+    """The demo's report.html from its summary and the PNGs already written to ``out``."""
+    s = sm["settings"]
+    t = sm["target"]
+    rep = HtmlReport("slth demo: strong lottery tickets on the digits data")
+    rep.paragraph(
+        "A strong lottery ticket is a subnetwork of a randomly initialised network G that "
+        "computes (almost) the same function as a trained target network F, without any weight "
+        "of G being trained: only a mask is chosen. This page shows the three constructions of "
+        "Malach et al., Pensia et al. and Orseau et al. (2020) building such tickets with a "
+        "certified output error, how their size grows as the error shrinks, and what edge-popup "
+        "(a training-based search) finds.")
+    rep.paragraph(f"Seed {s['seed']}; total time {sm['seconds']['total']:.0f} s; "
+                  f"Python {platform.python_version()} on {platform.machine()}.", note=True)
+
+    rep.heading("1. The target")
+    rep.paragraph(f"A {'-'.join(map(str, t['dims']))} bias-free ReLU network with "
+                  f"{t['params']:,} weights, trained for {s['epochs']} epochs on scikit-learn's "
+                  f"8×8 digits (pixels scaled to [0, 1]); test accuracy {t['accuracy']:.2%}. Each "
+                  "layer is rescaled to max |w| = 1/√d_in (Malach's assumption; the predicted "
+                  "class does not change).")
+
+    rep.heading(f"2. Every construction at certified error ε = {s['eps']:g}")
+    rep.paragraph("Each method picks the smallest size whose certified bound on "
+                  "max over x in [0,1]^64 of ‖F(x) − ticket(x)‖∞ is ≤ ε. The bound is rigorous "
+                  "(interval/affine propagation through the actual weights); the largest error "
+                  "found on the test set and by projected gradient ascent is shown beside it. "
+                  "Density = fraction of G's weights the ticket keeps.")
+    cols = ["method", "size (measured)", "size (theory)", "random params (G)", "active params",
+            "density", "G / target", "certified bound", "largest error found", "tightness",
+            "ticket accuracy", "agreement with F", "time (s)"]
+    rows = []
+    for r in sm["constructions"]:
+        if r.get("refused"):
+            rows.append([r["method"], "refused: " + r["refused"].split(";")[0]] + [None] * 11)
+            continue
+        rows.append([r["method"], _size(r["size"]), _size(r["theory_size"]), r["random_params"],
+                     r["active_params"], _pct(r["density"]), f"{r['overparam_factor']:,.0f}×",
+                     r["certified_bound"], r["max_error_found"], r["bound_tightness"],
+                     _pct(r["ticket_accuracy"]), _pct(r["agreement"]), r["seconds"]])
+    rep.table(cols, rows, caption="size: block size n per half (pensia, orseau) or gadget size K "
+                                  "(malach), per layer; theory: the size the paper's theorem asks for")
+    for m, v in sm["malach_vs"].items():
+        rep.paragraph(C.ratio_sentence(m, v))
+    rep.image(out / "compare.png", "Left: random parameters of G and active parameters of the "
+                                   "ticket (log scale). Right: certified bound vs largest error "
+                                   "found, with ε in red.")
+
+    w = sm["width"]
+    rep.heading("3. How wide must G be? Size against ε, beside the theorems")
+    rep.paragraph(f"Target: {w['target']}. For each ε, the smallest size that meets ε "
+                  f"(certified) for a fraction ≥ {1 - w['delta']:g} of {w['seeds']} seeds. "
+                  "Pensia's and Orseau's theorems predict size = O(log(1/ε)); Malach's is "
+                  "polynomial in 1/ε. Dashed: the size the theorems ask for.")
+    rows = []
+    for m, r in w["methods"].items():
+        fl, fp = r["fit_log"], r["fit_power"]
+        rows.append([m, ", ".join("–" if k is None else f"{k:,}" for k in r["size"]),
+                     ", ".join("–" if k is None else f"{k:,.0f}" for k in r["theory_size"]),
+                     fl and f"{fl['a']:.1f} + {fl['C']:.2f}·log2(1/ε)", fl and fl["r2"],
+                     fp and f"(1/ε)^{fp['p']:.2f}", fp and fp["r2"]])
+    eps_txt = ", ".join(f"{e:.2g}" for e in next(iter(w["methods"].values()))["eps"])
+    rep.table(["method", f"measured size at ε = {eps_txt}", "theory size", "log fit", "R²",
+               "power fit", "R²"], rows)
+    rep.image(out / "eps.png", "Size (left) and G's first hidden width (right) against ε; "
+                               "dotted black: Pensia's lower bound d·log2(1/ε).")
+
+    rep.heading("4. Finding tickets by training: edge-popup on FC2")
+    rep.paragraph(f"Edge-popup learns a score per frozen random weight and keeps the top "
+                  f"fraction (the density) of each layer; {s['search_epochs']} epochs. Pensia's "
+                  "redundant structures against a wide random net with as many weights, and the "
+                  "dense FC2 trained normally.")
+    runs = sorted(sm["search_runs"], key=lambda r: (r["structure"], r["density"] or 1))
+    rep.table(["structure", "density", "remaining weights", "test accuracy"],
+              [[r["structure"], "trained (dense)" if r["density"] is None else r["density"],
+                r["remaining_params"], _pct(r["accuracy"])] for r in runs])
+    rep.image(out / "search" / "fc2.png", "Test accuracy against remaining FC weights.")
+
+    p = sm["plant"]
+    rep.heading("5. Does edge-popup find a ticket that is known to be there?")
+    rep.paragraph(f"The Pensia ticket of section 2 is planted in its G ({p['planted']['params']:,} "
+                  f"weights, {p['planted']['active_params']:,} kept, density "
+                  f"{p['planted']['density']:.2%}, accuracy {p['planted']['accuracy']:.2%}). "
+                  "Edge-popup searches that same G from fresh scores, never shown the mask. "
+                  "Precision: kept weights that are planted ones; recall: planted weights kept. "
+                  "Chance precision = the planted density.")
+    rep.table(["density", "epochs", "precision", "recall", "chance precision", "accuracy",
+               "agreement with F", "mean output error"],
+              [[r["density"], r["epochs"], r["precision"], r["recall"], r["chance_precision"],
+                _pct(r["accuracy"]), _pct(r["agreement"]), r["error_mean"]] for r in p["runs"]])
+
+    rep.heading("Time")
+    rep.table(["step", "seconds"], [[k, v] for k, v in sm["seconds"].items()])
+    rep.paragraph("Reproduce: slth demo --seed " + str(s["seed"]) + ". Files next to this page: "
+                  "target.safetensors, pensia-ticket.safetensors (load with "
+                  "slth.load_ticket), summary.json, compare.png, eps.png, search/.", note=True)
+    return rep
