@@ -156,6 +156,8 @@ def main():
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--sample-n21", type=int, default=4, help="chunks measured at n = 21")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quiet-limit", type=float, default=1800.0,
+                    help="seconds to wait at most, before each step, for the machine to be quiet")
     ap.add_argument("--step", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +173,7 @@ def main():
         make_target(tp)
     results = {}
     for step in ("engine", "workers:1", "workers:2", "engine21"):
-        _wait_until_quiet()
+        _wait_until_quiet(limit=a.quiet_limit)
         print(f"[{time.strftime('%H:%M:%S')}] {step}", flush=True)
         busy0, ours0 = _machine_busy_seconds(), _children_cpu_seconds()
         subprocess.run([sys.executable, __file__, "--out", str(a.out), "--n", str(a.n),

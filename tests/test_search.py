@@ -260,3 +260,18 @@ def test_bench_supermask_runs_both_implementations_on_the_same_structure(run_cli
     res = json.loads((tmp_path / "b.json").read_text())
     assert res["same_initial_masks"] and res["max_loss_diff_first_round"] == 0.0
     assert res["samples_per_s"]["ours"] > 0 and res["samples_per_s"]["sort"] > 0
+
+
+def test_mse_loss_ignores_the_output_scale_and_vanishes_at_the_teacher():
+    import torch
+    from slth.search.train import scaled_mse
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(64, 10, generator=g)
+    out = t + 0.3 * torch.randn(64, 10, generator=g)
+    base = float(scaled_mse(out, t))
+    assert 0 < base < 1
+    for c in (1e-3, 7.0, 118.0):  # a random mask's outputs may be far larger or smaller
+        assert abs(float(scaled_mse(c * out, t)) - base) < 1e-5
+    assert float(scaled_mse(t, t)) < 1e-12
+    assert abs(float(scaled_mse(torch.zeros_like(t), t)) - 1.0) < 1e-6  # shrinking to 0 is no optimum

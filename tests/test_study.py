@@ -11,7 +11,7 @@ from slth.experiments import width as W
 
 
 def tiny(**kw):
-    base = dict(eps_grid=[0.1, 0.03], seeds=2, dims=[3, 3, 2], trained=False, sweep_eps=0.1,
+    base = dict(eps_grid=[0.1, 0.03], seeds=2, pensia_seeds=0, dims=[3, 3, 2], trained=False, sweep_eps=0.1,
                 sweep_d=[2, 3], sweep_depth=[1, 2], max_params=2_000_000, workers=1, rel_tol=0.0)
     return W.Settings(**{**base, **kw})
 
@@ -57,6 +57,21 @@ def test_quantile_is_the_size_that_works_for_a_fraction_one_minus_delta_of_seeds
     assert W.quantile([5, None, None, 4], 0.25) is None
 
 
+def test_pensia_gets_its_own_number_of_seeds_and_the_fits_state_their_ranges():
+    res = W.run(tiny(methods=["pensia", "malach"], pensia_seeds=3, eps_grid=[0.1, 0.01, 0.003],
+                     tail_eps=0.01, sweep_d=[2], sweep_depth=[1]))
+    p, m = res["eps"]["assumption"]["pensia"], res["eps"]["assumption"]["malach"]
+    assert p["seeds"] == len(p["size_per_seed"]) == 3 and m["seeds"] == len(m["size_per_seed"]) == 2
+    assert res["d"]["pensia"]["seeds"] == 3 and res["depth"]["malach"]["seeds"] == 2
+    assert p["fit_ranges"] == {"fit": [0.1, 0.003], "fit_tail": [0.01, 0.003],
+                               "fit_median": [0.1, 0.003]}
+    assert p["fit_tail"]["log"]["points"] == 2 and p["fit_median"]["log"]["points"] == 3
+    assert p["size_median"] == [W.quantile([s[j] for s in p["size_per_seed"]], 0.5)
+                                for j in range(3)]
+    assert W.Settings(seeds=7, pensia_seeds=0).seeds_for("pensia") == 7
+    assert W.Settings(seeds=7).seeds_for("pensia") == 30 and W.Settings(seeds=7).seeds_for("orseau") == 7
+
+
 def test_fits_recover_the_law_they_fit():
     eps = [10 ** -k for k in range(1, 7)]
     f = W.fit_log([1 / e for e in eps], [3 + 2 * math.log2(1 / e) for e in eps])
@@ -82,7 +97,8 @@ def test_targets_meet_the_theorems_assumptions_and_rescaling_keeps_the_classifie
 def test_cli_writes_json_and_plots(run_cli, tmp_path):
     out = tmp_path / "w"
     code, stdout, err = run_cli("study", "width", "--methods", "pensia,orseau,malach",
-                                "--eps-grid", "0.1,0.03,0.01", "--seeds", "2", "--dims", "3,3,2",
+                                "--eps-grid", "0.1,0.03,0.01", "--seeds", "2", "--pensia-seeds", "3",
+                                "--dims", "3,3,2",
                                 "--no-trained", "--sweep-d", "2,3", "--sweep-depth", "1,2",
                                 "--sweep-eps", "0.1", "--workers", "1", "--out", out)
     assert code == 0, err
@@ -90,6 +106,7 @@ def test_cli_writes_json_and_plots(run_cli, tmp_path):
     assert set(res["eps"]["assumption"]) == {"pensia", "orseau", "malach"}
     r = res["eps"]["assumption"]["pensia"]
     assert len(r["size"]) == 3 and r["theory_size"][0] > 0 and r["fit"]["log"]["r2"] <= 1
+    assert r["seeds"] == 3 and res["eps"]["assumption"]["malach"]["seeds"] == 2
     for name in ("eps.png", "d.png", "depth.png"):
         assert (out / name).stat().st_size > 1000
     assert "R2" in stdout
@@ -99,6 +116,7 @@ def test_cli_writes_json_and_plots(run_cli, tmp_path):
     (["--eps-grid", "0.1,0"], "every eps must be > 0"),
     (["--methods", "pensia,bogus"], "unknown method"),
     (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--pensia-seeds", "-1"], "--pensia-seeds must be >= 0"),
 ])
 def test_cli_refuses_bad_settings_with_exit_2(run_cli, tmp_path, args, words):
     code, _, err = run_cli("study", "width", *args, "--out", tmp_path / "w")

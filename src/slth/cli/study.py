@@ -25,6 +25,8 @@ def _fmt(v, spec=".3g"):
               help="Comma-separated eps values [default: 10^-1 to 10^-6, half decades].")
 @click.option("--seeds", type=int, default=10, show_default=True,
               help="Seeds per point; the size reported meets eps for a fraction >= 1 - delta.")
+@click.option("--pensia-seeds", type=int, default=30, show_default=True,
+              help="Seeds per point for pensia, whose search is cheap (0: same as --seeds).")
 @click.option("--delta", type=float, default=0.1, show_default=True)
 @click.option("--dims", default="8,8,8", show_default=True,
               help="Widths of the random target (a) within the theorems' assumptions.")
@@ -39,7 +41,7 @@ def _fmt(v, spec=".3g"):
               help="malach: largest G tried (its size grows like 1/eps).")
 @click.option("--workers", type=int, default=2, show_default=True, help="Processes.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-def width_cmd(methods, eps_grid, seeds, delta, dims, trained, sweep_eps, sweep_d, sweep_depth,
+def width_cmd(methods, eps_grid, seeds, pensia_seeds, delta, dims, trained, sweep_eps, sweep_d, sweep_depth,
               max_params, workers, out):
     """How large must G be? For each method and eps, the smallest size that meets eps (certified)
     w.p. >= 1 - delta over seeds, beside the theorems; then against target width and depth.
@@ -47,7 +49,7 @@ def width_cmd(methods, eps_grid, seeds, delta, dims, trained, sweep_eps, sweep_d
     from ..experiments import width as W
 
     s = W.Settings(methods=[m.strip() for m in methods.split(",") if m.strip()], seeds=seeds,
-                   delta=delta, dims=parse_int_list(dims, "--dims"), trained=trained,
+                   pensia_seeds=pensia_seeds, delta=delta, dims=parse_int_list(dims, "--dims"), trained=trained,
                    sweep_eps=sweep_eps, sweep_d=parse_int_list(sweep_d, "--sweep-d"),
                    sweep_depth=parse_int_list(sweep_depth, "--sweep-depth"),
                    max_params=max_params, workers=workers)
@@ -64,16 +66,18 @@ def width_cmd(methods, eps_grid, seeds, delta, dims, trained, sweep_eps, sweep_d
         res["peak_rss_mb"] = peak_rss_mb()
         res["plots"] = W.plot(res, tmp)
         write_json(tmp / "width.json", res)
-    t = Table(title=f"smallest size meeting eps (certified) w.p. >= {1 - delta:g} over {seeds} "
-                    "seeds: fits over eps")
-    for col in ("target", "method", "eps points", "smallest eps", "n = a + C log2(1/eps)",
-                "R2 (log)", f"C, R2 (eps <= {s.tail_eps:g}; points)", "n ~ (1/eps)^p", "R2 (power)"):
+    t = Table(title=f"smallest size meeting eps (certified) w.p. >= {1 - delta:g} over the seeds: "
+                    f"fits over eps = {max(s.eps_grid):g}...{min(s.eps_grid):g} (unless stated)")
+    for col in ("target", "method", "seeds", "eps points", "smallest eps", "n = a + C log2(1/eps)",
+                "R2 (log)", f"C, R2 (eps <= {s.tail_eps:g}; points)", "median size: C, R2 (log)",
+                "n ~ (1/eps)^p", "R2 (power)"):
         t.add_column(col, justify="right")
     for r in W.summary_rows(res):
-        t.add_row(r["target"], r["method"], str(r["points"]), _fmt(r["eps_reached"]),
+        t.add_row(r["target"], r["method"], str(r["seeds"]), str(r["points"]), _fmt(r["eps_reached"]),
                   f"{_fmt(r['log_a'], '.1f')} + {_fmt(r['log_C'], '.2f')} log2" if r["log_C"] is not None else "-",
                   _fmt(r["log_r2"], ".3f"),
                   f"{_fmt(r['log_C_tail'], '.2f')}, {_fmt(r['log_r2_tail'], '.3f')} ({r['points_tail']})",
+                  f"{_fmt(r['log_C_median'], '.2f')}, {_fmt(r['log_r2_median'], '.3f')}",
                   _fmt(r["power_p"], ".2f"), _fmt(r["power_r2"], ".3f"))
     console.print(t)
     console.print(f"{res['seconds']:.0f} s; wrote {out}/width.json and "

@@ -5,7 +5,9 @@ For a method, a target, a domain and a seed, the *size* is pensia's and orseau's
 layer; the smallest size whose certified bound is <= eps is found by growing and bisection
 (``slth.constructions._search``; to within ``rel_tol`` = 5%, exact below 20) on the effective
 form alone (no G is materialised). Over S seeds
-the size that meets eps with probability >= 1 - delta is the ceil((1 - delta) S)-th smallest.
+the size that meets eps with probability >= 1 - delta is the ceil((1 - delta) S)-th smallest
+(S = ``seeds``, but ``pensia_seeds`` = 30 for pensia, whose search is cheap: an upper order
+statistic of 10 integers is noisy).
 
 Targets: (a) random nets within the theorems' assumptions (entries in [-1/sqrt(d_in),
 1/sqrt(d_in)], spectral norm <= 1, no bias; domain: the unit ball), and (b) a 64-16-10 net
@@ -17,7 +19,10 @@ Then, at one eps, targets (a) of growing width d and depth l.
 
 Fits: pensia and orseau sizes against log2(1/eps) (theory: logarithmic; the slope is the
 measured constant C of n = a + C log2(1/eps)), malach's (and uniform orseau's) as a power law
-n = C (1/eps)^p. Theory curves use each module's ``theory`` (constants taken as the papers
+n = C (1/eps)^p. Each fit is made over the whole grid (``fit``), over eps <= ``tail_eps``
+(``fit_tail``: past pensia's coverage knee, where the size is set by precision) and, for the
+per-seed median size, over the whole grid (``fit_median``); ``fit_ranges`` states each range.
+Theory curves use each module's ``theory`` (constants taken as the papers
 give them or 1).
 """
 
@@ -47,6 +52,7 @@ class Settings:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     eps_grid: list[float] = field(default_factory=lambda: [10 ** (-k / 2) for k in range(2, 13)])
     seeds: int = 10
+    pensia_seeds: int = 30        # pensia is cheap: more seeds steady its (1 - delta)-quantile
     delta: float = 0.1
     dims: list[int] = field(default_factory=lambda: [8, 8, 8])
     trained: bool = True
@@ -60,6 +66,10 @@ class Settings:
     workers: int = 2
     target_seed: int = 0
 
+    def seeds_for(self, method: str) -> int:
+        """Seeds per point for ``method`` (pensia: ``pensia_seeds``, 0 meaning ``seeds``)."""
+        return self.pensia_seeds or self.seeds if method == "pensia" else self.seeds
+
     def check(self):
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
@@ -70,6 +80,8 @@ class Settings:
             raise SlthError(f"every eps must be > 0, got {self.eps_grid}")
         if self.seeds < 1:
             raise SlthError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.pensia_seeds < 0:
+            raise SlthError(f"--pensia-seeds must be >= 0 (0: same as --seeds), got {self.pensia_seeds}")
         if not 0 < self.delta < 1:
             raise SlthError(f"--delta must be in (0, 1), got {self.delta}")
         if any(d < 1 for d in self.dims + self.sweep_d) or any(l < 1 for l in self.sweep_depth):
@@ -254,13 +266,13 @@ def run(s: Settings, progress=None) -> dict:
     tasks, keys = [], []
     for name, (mlp, dom, _) in targets.items():
         for m in s.methods:
-            for seed in range(s.seeds):
+            for seed in range(s.seeds_for(m)):
                 tasks.append((m, mlp, dom, grid, seed, s))
                 keys.append(("eps", name, m, seed))
     for sweep, items in sweeps.items():
         for v, mlp in items:
             for m in s.methods:
-                for seed in range(s.seeds):
+                for seed in range(s.seeds_for(m)):
                     tasks.append((m, mlp, Domain("ball"), [s.sweep_eps], seed, s))
                     keys.append((sweep, v, m, seed))
     results = {}
@@ -286,24 +298,34 @@ def run(s: Settings, progress=None) -> dict:
                                 "params": mlp.n_params}
         out["eps"][name] = {}
         for m in s.methods:
-            per_seed = [results[("eps", name, m, seed)] for seed in range(s.seeds)]
+            per_seed = [results[("eps", name, m, seed)] for seed in range(s.seeds_for(m))]
             size = [quantile([p[j] for p in per_seed], s.delta) for j in range(len(grid))]
+            median = [quantile([p[j] for p in per_seed], 0.5) for j in range(len(grid))]
+            tail = [e <= s.tail_eps for e in grid]
             out["eps"][name][m] = {
-                "eps": grid, "size": size, "size_per_seed": per_seed,
+                "eps": grid, "seeds": len(per_seed), "size": size, "size_per_seed": per_seed,
+                "size_median": median,
                 "random_params": [random_params(m, mlp, k) if k else None for k in size],
                 "hidden_width": [hidden_width(m, mlp, k) if k else None for k in size],
                 "theory_size": [theory_size(m, mlp, e, s.delta) for e in grid],
                 "fit": fits([1 / e for e in grid], size),
-                "fit_tail": fits([1 / e for e in grid if e <= s.tail_eps],
-                                 [k for e, k in zip(grid, size) if e <= s.tail_eps]),
+                "fit_tail": fits([1 / e for e, t in zip(grid, tail) if t],
+                                 [k for k, t in zip(size, tail) if t]),
+                # the per-seed median (delta = 0.5) over the whole grid: the typical seed's size
+                "fit_median": fits([1 / e for e in grid], median),
+                "fit_ranges": {"fit": [max(grid), min(grid)],
+                               "fit_tail": [max([e for e, t in zip(grid, tail) if t], default=None),
+                                            min(grid)],
+                               "fit_median": [max(grid), min(grid)]},
             }
     for sweep, items in sweeps.items():
         for m in s.methods:
             vals = [v for v, _ in items]
-            size = [quantile([results[(sweep, v, m, seed)][0] for seed in range(s.seeds)], s.delta)
+            size = [quantile([results[(sweep, v, m, seed)][0] for seed in range(s.seeds_for(m))],
+                             s.delta)
                     for v in vals]
             out[sweep][m] = {
-                sweep: vals, "eps": s.sweep_eps, "size": size,
+                sweep: vals, "eps": s.sweep_eps, "seeds": s.seeds_for(m), "size": size,
                 "random_params": [random_params(m, t, k) if k else None for (_, t), k in zip(items, size)],
                 "hidden_width": [hidden_width(m, t, k) if k else None for (_, t), k in zip(items, size)],
                 "theory_size": [theory_size(m, t, s.sweep_eps, s.delta) for _, t in items],
@@ -320,7 +342,7 @@ def summary_rows(res: dict) -> list[dict]:
     tail = res["settings"]["tail_eps"]
     for name, per in res["eps"].items():
         for m, r in per.items():
-            f, ft = r["fit"], r["fit_tail"]
+            f, ft, fm = r["fit"], r["fit_tail"], r["fit_median"]
             reached = [e for e, k in zip(r["eps"], r["size"]) if k is not None]
             rows.append({"target": name, "method": m, "eps_reached": min(reached) if reached else None,
                          "points": sum(k is not None for k in r["size"]),
@@ -329,6 +351,9 @@ def summary_rows(res: dict) -> list[dict]:
                          "log_r2": f["log"] and f["log"]["r2"],
                          "log_C_tail": ft["log"] and ft["log"]["C"],
                          "log_r2_tail": ft["log"] and ft["log"]["r2"],
+                         "seeds": r["seeds"],
+                         "log_C_median": fm["log"] and fm["log"]["C"],
+                         "log_r2_median": fm["log"] and fm["log"]["r2"],
                          "power_p": f["power"] and f["power"]["p"],
                          "power_r2": f["power"] and f["power"]["r2"]})
     return rows
