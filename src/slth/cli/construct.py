@@ -116,6 +116,23 @@ def domain_options(f):
     return f
 
 
+def size_settings(eps: float | None, n_text: str | None, extra: dict) -> dict:
+    """``extra`` plus the validated size: ``eps`` or ``n`` (one int, or one per layer)."""
+    if (eps is None) == (n_text is None):
+        raise SlthError("give exactly one of --eps (error bound) or --n (size)")
+    if eps is not None and not eps > 0:
+        raise SlthError(f"--eps must be > 0, got {eps}")
+    settings = dict(extra)
+    if n_text is None:
+        settings["eps"] = eps
+        return settings
+    ns = parse_int_list(n_text, "--n")
+    if any(k < 1 for k in ns):
+        raise SlthError(f"--n must be >= 1, got {n_text}")
+    settings["n"] = ns[0] if len(ns) == 1 else ns
+    return settings
+
+
 def run_construction(target_path, method, eps, n_text, domain_kind, radius, data_name, data_dir,
                      seed, extra, progress_label="constructing"):
     """Load, construct, evaluate; returns (target, construction, report)."""
@@ -125,18 +142,7 @@ def run_construction(target_path, method, eps, n_text, domain_kind, radius, data
     from ..report import evaluate
     from ..targets import load_target
 
-    if (eps is None) == (n_text is None):
-        raise SlthError("give exactly one of --eps (error bound) or --n (size)")
-    if eps is not None and not eps > 0:
-        raise SlthError(f"--eps must be > 0, got {eps}")
-    settings = dict(extra)
-    if n_text is not None:
-        ns = parse_int_list(n_text, "--n")
-        if any(k < 1 for k in ns):
-            raise SlthError(f"--n must be >= 1, got {n_text}")
-        settings["n"] = ns[0] if len(ns) == 1 else ns
-    else:
-        settings["eps"] = eps
+    settings = size_settings(eps, n_text, extra)
     domain = Domain(domain_kind, radius=radius)
     target = load_target(target_path)
     data = load_dataset(data_name, data_dir) if data_name else None

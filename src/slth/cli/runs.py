@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import SlthError
 from . import app
-from ._common import atomic_output_dir, console, parse_int_list, progress_bar, stderr_line
+from ._common import atomic_output_dir, console, progress_bar, stderr_line
 
 
 @app.group("runs")
@@ -51,23 +51,12 @@ def construct_to_run_folder(target, method, eps, n_text, domain_kind, radius, da
     (resumed if interrupted, returned as is if finished); with --out, copy its files there."""
     from ..certify import Domain
     from ..runs import execute
-    from .construct import report_table
+    from .construct import report_table, size_settings
 
-    if (eps is None) == (n_text is None):
-        raise SlthError("give exactly one of --eps (error bound) or --n (size)")
-    if eps is not None and not eps > 0:
-        raise SlthError(f"--eps must be > 0, got {eps}")
+    settings = size_settings(eps, n_text, dict(extra, seed=seed))
     if workers is not None and scheduler is not None:
         raise SlthError("give --workers N (a local Dask cluster) or --scheduler tcp://HOST:PORT, "
                         "not both")
-    settings = dict(extra, seed=seed)
-    if n_text is not None:
-        ns = parse_int_list(n_text, "--n")
-        if any(k < 1 for k in ns):
-            raise SlthError(f"--n must be >= 1, got {n_text}")
-        settings["n"] = ns[0] if len(ns) == 1 else ns
-    else:
-        settings["eps"] = eps
     if (workers or scheduler) and not (method == "pensia" and n_text is not None):
         stderr_line("note: only pensia with --n is split into chunks; this run is built in this "
                     "process")

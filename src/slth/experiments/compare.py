@@ -26,8 +26,10 @@ COLUMNS = ("random_params", "active_params", "density", "overparam_factor",
 
 
 def run(target: MLP, eps: float, domain: Domain, data=None, methods=METHODS, seed: int = 0,
-        max_params: int = 100_000_000, progress=None) -> dict:
-    """Construct and evaluate every method; returns rows, Malach's ratios and the settings."""
+        max_params: int = 100_000_000, progress=None, on_ticket=None) -> dict:
+    """Construct and evaluate every method; returns rows, Malach's ratios and the settings.
+
+    on_ticket(method, construction, report) is called for each ticket built (to keep one)."""
     say = progress or (lambda msg: None)
     rows = []
     for m in methods:
@@ -49,6 +51,8 @@ def run(target: MLP, eps: float, domain: Domain, data=None, methods=METHODS, see
         rep = evaluate(target, con, domain, data, seed=seed,
                        progress=lambda msg, m=m: say(f"{m}: {msg}"))
         rep.update({k: v for k, v in con.info.items() if k.startswith("theory_")})
+        if on_ticket:
+            on_ticket(m, con, rep)
         t = con.ticket
         widen = sum(t.layers[i].shape[0] for i in range(0, len(t.layers), 2))
         rows.append({

@@ -26,10 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..certify import Domain
-from ..constructions import construct
 from ..data import load_dataset
 from ..htmlreport import HtmlReport
-from ..report import evaluate
 from ..targets import TrainConfig, train_target
 from . import compare as C
 from . import exp2 as E2
@@ -86,16 +84,17 @@ def run(out: Path, s: DemoSettings, progress=None) -> dict:
 
     # 2. every construction at one eps, certified
     t0 = time.perf_counter()
-    box = Domain("box")
-    cmp = C.run(target, s.eps, box, data, s.methods, s.seed,
-                progress=lambda msg: say(1, msg))
+    kept = {}  # the Pensia ticket and its report: saved, and planted below
+
+    def keep(method, con, rep):
+        if method == "pensia":
+            con.ticket.save(out / "pensia-ticket.safetensors")
+            kept.update(ticket=con.ticket, report=rep)
+
+    cmp = C.run(target, s.eps, Domain("box"), data, s.methods, s.seed,
+                progress=lambda msg: say(1, msg), on_ticket=keep)
     C.plot(cmp, out)
-    # the Pensia ticket, kept as a file (and planted below)
-    say(1, "pensia: the ticket kept in pensia-ticket.safetensors")
-    con = construct(target, method="pensia", eps=s.eps, domain=box, seed=s.seed)
-    ticket = con.ticket
-    ticket.save(out / "pensia-ticket.safetensors")
-    pensia_rep = evaluate(target, con, box, data, seed=s.seed, restarts=8, steps=50)
+    ticket = kept["ticket"]
     secs["constructions"] = time.perf_counter() - t0
 
     # 3. width vs eps against the theory
@@ -118,7 +117,7 @@ def run(out: Path, s: DemoSettings, progress=None) -> dict:
     t0 = time.perf_counter()
     grid = sorted({min(1.0, round(f * ticket.density, 6)) for f in (0.5, 1, 2)})
     pres = plant(ticket, target, data, grid, [s.plant_epochs], seed=s.seed, loss="mse",
-                 certified_bound=pensia_rep["certified_bound"],
+                 certified_bound=kept["report"]["certified_bound"],
                  progress=lambda msg, i, n: say(4, f"planted: {msg}"))
     secs["plant"] = time.perf_counter() - t0
 
@@ -146,7 +145,7 @@ def run(out: Path, s: DemoSettings, progress=None) -> dict:
     }
     summary["seconds"]["total"] = time.perf_counter() - t_start
     html_report(summary, out).save(out / "report.html")
-    (out / "summary.json").write_text(json.dumps(_plain(summary), indent=1) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_item) + "\n")
     return summary
 
 
@@ -165,14 +164,11 @@ def _construction_row(r: dict) -> dict:
             **{k: rep.get(k) for k in keys}}
 
 
-def _plain(o):
-    if isinstance(o, dict):
-        return {str(k): _plain(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_plain(v) for v in o]
+def _item(o):
+    """JSON for numpy scalars (the only non-JSON values in the summary)."""
     if isinstance(o, np.generic):
         return o.item()
-    return o
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _pct(v):
