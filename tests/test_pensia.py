@@ -192,3 +192,27 @@ def test_density_and_sparsity_are_reported_explicitly():
     assert sum(L["active"] for L in rep["layers"]) == t.active_params
     # G of depth 2l, widths: d0 -> 2 n d0 -> d1 -> 2 n d1 -> d2
     assert t.widths == [4, 40, 3, 30, 2]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_ticket_files_are_the_bytes_safetensors_itself_writes(tmp_path, bias):
+    """Tickets are written piece by piece (rows as they are computed); the file must be exactly
+    what safetensors.save_file writes for the same tensors and metadata."""
+    from safetensors.torch import save_file
+
+    from slth.ticket import _metadata
+
+    rng = np.random.default_rng(1)
+    t = construct(random_target(rng, [6, 9, 4, 2], bias), method="pensia", n=4, seed=2).ticket
+    t.save(tmp_path / "ours.safetensors")
+    tensors = {}
+    for i, L in enumerate(t.layers):
+        tensors[f"{2 * i}.weight_orig"] = torch.from_numpy(L.weight)
+        tensors[f"{2 * i}.weight_mask"] = torch.from_numpy(L.mask)
+        if L.bias is not None:
+            tensors[f"{2 * i}.bias_orig"] = torch.from_numpy(L.bias)
+            tensors[f"{2 * i}.bias_mask"] = torch.from_numpy(L.bias_mask)
+    save_file(tensors, str(tmp_path / "theirs.safetensors"), metadata=_metadata(t.meta))
+    assert (tmp_path / "ours.safetensors").read_bytes() == \
+        (tmp_path / "theirs.safetensors").read_bytes()
+    assert not list(tmp_path.glob("*.part"))

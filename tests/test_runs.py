@@ -150,3 +150,35 @@ def test_runs_list_shows_finished_and_interrupted_runs(target, tmp_path, run_cli
     code, out, err = run_cli("runs", "list", "--runs-dir", tmp_path)
     assert code == 0, err
     assert "finished" in out and "2/13 chunks" in out
+
+
+def test_run_report_matches_evaluating_the_ticket_held_in_memory(target, tmp_path, monkeypatch):
+    """A run never holds G in memory (tasks write its rows, read its effective form and run it
+    literally, row by row); its figures are those of the whole ticket evaluated at once."""
+    import slth.data
+    from slth.certify import Domain
+    from slth.data import Dataset
+    from slth.report import evaluate
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 1, (300, 10)).astype(np.float32)
+    toy = Dataset("toy", x, np.zeros(300, int), x, target.forward(x.astype(np.float64)).argmax(1),
+                  (1, 1, 10))
+    monkeypatch.setattr(slth.data, "load_dataset", lambda name, data_dir=None: toy)
+    con = construct(target, **SETTINGS)
+    for data in (None, toy):
+        run = execute(target, "pensia", SETTINGS, runs_dir=tmp_path / str(data is None),
+                      chunk_weights=CHUNK, data=None if data is None else "toy",
+                      evaluate_options=FAST)
+        whole = evaluate(target, con, Domain(), data, seed=SETTINGS["seed"], **FAST)
+        for k in ("certified_bound", "per_layer_deviation_bound", "density", "random_params",
+                  "active_params", "width_per_layer", "max_weight_error"):
+            assert run.report[k] == whole[k], k
+        for k in ("adversarial_max_error", "empirical_max_error", "ticket_accuracy", "agreement"):
+            assert (run.report[k] is None) == (whole[k] is None), k
+            assert whole[k] is None or run.report[k] == pytest.approx(whole[k], rel=1e-9,
+                                                                      abs=1e-12), k
+    assert run.report["literal_check_points"] == 300
+    assert run.report["literal_check_max_diff"] < 1e-12
+    assert json.loads((run.folder / "sparsity_report.json").read_text()) == \
+        con.ticket.sparsity_report()

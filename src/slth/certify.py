@@ -207,7 +207,8 @@ def effective_forward(target_dims, eff: list[EffectiveLayer], x):
         P = torch.as_tensor(e.pos, dtype=x.dtype)
         N = torch.as_tensor(e.neg, dtype=x.dtype)
         b = torch.as_tensor(e.bias, dtype=x.dtype)
-        h = torch.relu(h) @ P.T + torch.relu(-h) @ N.T + b
+        # past layer 1 the inputs are post-ReLU: relu(-h) = 0 and the N term vanishes
+        h = (torch.relu(h) @ P.T + torch.relu(-h) @ N.T if i == 0 else h @ P.T) + b
         if i < len(eff) - 1:
             h = torch.relu(h)
     return h
@@ -232,13 +233,31 @@ def adversarial_search(target: MLP, eff: list[EffectiveLayer], domain: Domain,
     """Projected gradient ascent on ||F(x) - G_hat(x)||_inf over the domain.
 
     Starts from ``starts`` (e.g. the test points with the largest error, projected onto the
-    domain) and ``restarts`` random points; each step follows the gradient of the currently
-    largest output deviation. Returns the inputs found, [M, d] (float64).
+    domain) and ``restarts`` random points (``search_starts``); each step follows the gradient of
+    the currently largest output deviation (``ascend``, in groups of ``ASCENT_GROUP`` points).
+    Returns the inputs found, [M, d] (float64).
     """
+    return ascend_in_groups(target, eff, domain,
+                            search_starts(target.dims[0], domain, starts, restarts, seed), steps)
+
+
+def ascend_in_groups(target: MLP, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarray,
+                     steps: int) -> np.ndarray:
+    """``ascend`` over x0 [M, d] in consecutive groups of ``ASCENT_GROUP`` rows."""
+    return np.concatenate([ascend(target, eff, domain, x0[i:i + ASCENT_GROUP], steps)
+                           for i in range(0, len(x0), ASCENT_GROUP)] or [x0])
+
+
+ASCENT_GROUP = 16   # points per ascent batch: fixed, so results do not depend on how many run at once
+
+
+def search_starts(d: int, domain: Domain, starts: np.ndarray | None, restarts: int,
+                  seed: int) -> np.ndarray:
+    """Starting points of the ascent [M, d]: ``starts`` projected onto the domain, then
+    ``restarts`` points drawn uniformly from it (seeded)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    d = target.dims[0]
     if domain.kind == "ball":
         rnd = torch.randn(restarts, d, generator=g, dtype=torch.float64)
         radii = domain.radius * torch.rand(restarts, 1, generator=g, dtype=torch.float64) ** (1 / d)
@@ -249,7 +268,16 @@ def adversarial_search(target: MLP, eff: list[EffectiveLayer], domain: Domain,
     x = rnd
     if starts is not None and len(starts):
         x = torch.cat([domain.project(torch.as_tensor(starts, dtype=torch.float64)), rnd])
-    x = x.clone().requires_grad_(True)
+    return x.numpy()
+
+
+def ascend(target: MLP, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarray,
+           steps: int) -> np.ndarray:
+    """``steps`` steps of projected gradient ascent from each row of x0 [M, d]; returns [M, d].
+    Rows do not interact (each follows its own deviation)."""
+    import torch
+
+    x = torch.tensor(x0, dtype=torch.float64, requires_grad=True)
     scale = domain.radius if domain.kind == "ball" else (domain.hi - domain.lo)
     for t in range(steps):
         diff = _target_torch(target, x) - effective_forward(target.dims, eff, x)

@@ -17,7 +17,8 @@ from importlib import import_module
 
 import numpy as np
 
-from .certify import Domain, adversarial_search, bound_details, effective_forward, max_output_error
+from .certify import (Domain, ascend_in_groups, bound_details, effective_forward,
+                      max_output_error, search_starts)
 from .constructions import Construction
 from .targets import MLP
 
@@ -30,39 +31,8 @@ def evaluate(target: MLP, con: Construction, domain: Domain, data=None, *, seed:
 
     data: a ``Dataset`` (its test split is used) or None. Returns a JSON-able dict.
     """
-    say = progress or (lambda msg: None)
+    (progress or (lambda msg: None))("certifying")
     t = con.ticket
-    say("certifying")
-    eff = t.effective()
-    det = bound_details(target, eff, domain)
-    bound = det["certified_bound"]
-    rep = {
-        "method": con.info.get("method"),
-        "eps": con.info.get("eps"),
-        "domain": domain.as_dict(),
-        "seed": seed,
-        "target_dims": target.dims,
-        "target_params": target.n_params,
-        "random_params": t.random_params,
-        "active_params": t.active_params,
-        "density": t.density,
-        "sparsity": t.sparsity,
-        "overparam_factor": t.random_params / target.n_params,
-        "active_factor": t.active_params / target.n_params,
-        "width_per_layer": t.widths,
-    }
-    for k, v in con.info.items():
-        rep.setdefault(k, v)
-    rep["certified_bound"] = bound
-    rep["per_layer_deviation_bound"] = det["per_layer_deviation"]
-    rep["unstable_units"] = det["unstable_units"]
-    try:
-        theory = import_module(f".constructions.{rep['method']}", __package__).theory(
-            target, rep["eps"] if rep["eps"] else bound)
-        rep.update(theory)
-    except (AttributeError, ModuleNotFoundError):
-        pass
-
     fwd = t.fast_module()
 
     def literal(x):
@@ -71,6 +41,50 @@ def evaluate(target: MLP, con: Construction, domain: Domain, data=None, *, seed:
         with torch.no_grad():
             return np.concatenate([fwd(torch.as_tensor(x[i:i + 500], dtype=torch.float64)).numpy()
                                    for i in range(0, len(x), 500)]) if len(x) else np.zeros((0, target.dims[-1]))
+
+    return evaluate_parts(target, con.info, t.sparsity_report(), t.widths, t.effective(), literal,
+                          domain, data, seed=seed, restarts=restarts, steps=steps,
+                          starts_from_data=starts_from_data, literal_check=literal_check,
+                          progress=progress)
+
+
+def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], eff, literal,
+                   domain: Domain, data=None, *, seed: int = 0, restarts: int = 32,
+                   steps: int = 100, starts_from_data: int = 32, literal_check: int = 500,
+                   ascend_all=None, progress=None) -> dict:
+    """``evaluate`` from a ticket's parts, for tickets never held in memory whole: its
+    ``sparsity_report``, widths, effective form ``eff`` and ``literal(x [N, d]) -> [N, d_out]``
+    (the masked network run layer by layer). ascend_all(x0 [M, d], steps) -> [M, d] runs the
+    gradient ascent (default: ``certify.ascend`` here, in groups of ``ASCENT_GROUP``)."""
+    say = progress or (lambda msg: None)
+    bound_det = bound_details(target, eff, domain)
+    bound = bound_det["certified_bound"]
+    rep = {
+        "method": info.get("method"),
+        "eps": info.get("eps"),
+        "domain": domain.as_dict(),
+        "seed": seed,
+        "target_dims": target.dims,
+        "target_params": target.n_params,
+        "random_params": sparsity["params"],
+        "active_params": sparsity["active"],
+        "density": sparsity["density"],
+        "sparsity": sparsity["sparsity"],
+        "overparam_factor": sparsity["params"] / target.n_params,
+        "active_factor": sparsity["active"] / target.n_params,
+        "width_per_layer": widths,
+    }
+    for k, v in info.items():
+        rep.setdefault(k, v)
+    rep["certified_bound"] = bound
+    rep["per_layer_deviation_bound"] = bound_det["per_layer_deviation"]
+    rep["unstable_units"] = bound_det["unstable_units"]
+    try:
+        theory = import_module(f".constructions.{rep['method']}", __package__).theory(
+            target, rep["eps"] if rep["eps"] else bound)
+        rep.update(theory)
+    except (AttributeError, ModuleNotFoundError):
+        pass
 
     def folded(x):
         """The same masked network read through its effective form (reassociated sums)."""
@@ -86,16 +100,17 @@ def evaluate(target: MLP, con: Construction, domain: Domain, data=None, *, seed:
         G = folded(xt)
         # the folded evaluation must agree with the literal masked network
         idx = np.random.default_rng(seed).choice(len(xt), size=min(literal_check, len(xt)), replace=False)
-        rep["literal_check_points"] = int(len(idx))
-        rep["literal_check_max_diff"] = float(np.abs(literal(xt[idx]) - G[idx]).max()) if len(idx) else 0.0
         err = np.abs(F - G).max(1)
         inside = domain.contains(xt)
         # report the largest errors as computed by the literal network
         top = np.argsort(-np.where(inside, err, -1.0))[:64]
         top = top[inside[top]]
+        lit = literal(np.concatenate([xt[idx], xt[top]]))     # one pass for both checks
+        rep["literal_check_points"] = int(len(idx))
+        rep["literal_check_max_diff"] = float(np.abs(lit[:len(idx)] - G[idx]).max()) if len(idx) else 0.0
         rep["test_inputs"] = int(len(xt))
         rep["test_inputs_in_domain"] = int(inside.sum())
-        rep["empirical_max_error"] = (float(np.abs(F[top] - literal(xt[top])).max())
+        rep["empirical_max_error"] = (float(np.abs(F[top] - lit[len(idx):]).max())
                                       if len(top) else None)
         rep["empirical_max_error_all_test"] = float(err.max())
         rep["target_accuracy"] = float((F.argmax(1) == yt).mean())
@@ -107,8 +122,9 @@ def evaluate(target: MLP, con: Construction, domain: Domain, data=None, *, seed:
                     "ticket_accuracy": None, "agreement": None})
     say("gradient ascent on the error")
     t0 = time.perf_counter()
-    xs = adversarial_search(target, eff, domain, starts=starts, restarts=restarts, steps=steps,
-                            seed=seed)
+    x0 = search_starts(target.dims[0], domain, starts, restarts, seed)
+    xs = (ascend_all(x0, steps) if ascend_all is not None
+          else ascend_in_groups(target, eff, domain, x0, steps))
     rep["adversarial_max_error"] = max_output_error(target, literal, xs)
     rep["adversarial_seconds"] = time.perf_counter() - t0
     found = max(rep["adversarial_max_error"], rep.get("empirical_max_error") or 0.0)

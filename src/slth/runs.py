@@ -9,17 +9,20 @@ A run folder holds
   settings, domain, data; their SHA-256 names the folder) and the chunk plan;
 * ``run.log``: one timestamped line per event (start, chunk computed / reused / corrupt, finished);
 * ``chunks/L{layer}-{r0}-{r1}.{sha256}.npz`` while the run is in progress: one finished chunk of
-  output rows each, numpy arrays only (read with ``allow_pickle=False``), written to a temporary
+  output rows each (its masks, effective rows and errors: ``runtasks.state_shapes``), numpy
+  arrays only (read with ``allow_pickle=False``), written to a temporary
   file and renamed into place; the name carries the SHA-256 of the file, checked before a chunk is
   used (a mismatch: the file is deleted and the chunk recomputed). Removed when the run finishes;
-* ``ticket.safetensors``, ``sparsity_report.json`` (density and sparsity per layer and in total)
+* ``ticket.safetensors`` (filled piece by piece as ``ticket.safetensors.part``, renamed once
+  complete and certified), ``sparsity_report.json`` (density and sparsity per layer and in total)
   and ``report.json``, written last: a folder with ``report.json`` is finished and never recomputed.
 
 Pensia's construction with a block size n is split into chunks of output rows
 (``pensia.solve_rows``). Every row's draws come from its own seeded streams, so the ticket depends
 neither on the chunking nor on the number of workers nor on the order chunks finish: it is
 byte-identical to ``pensia.construct`` in one process. A run killed at any point (Ctrl-C, kill -9,
-a lost worker) resumes from its finished chunks. Other methods and ``eps`` mode run as one piece in
+a lost worker) resumes from its finished chunks (G's rows of those are redrawn, not solved again).
+The client never holds G: see ``_pensia_tasks`` and ``slth.runtasks``. Other methods and ``eps`` mode run as one piece in
 this process, still in a run folder (resumable only as a whole).
 """
 
@@ -174,47 +177,6 @@ def _read_verified(path: Path, expect: dict[str, tuple]) -> dict[str, np.ndarray
     return arrays if {k: v.shape for k, v in arrays.items()} == expect else None
 
 
-def solve_chunk(Wr: np.ndarray, cr: np.ndarray | None, n: int, seed: int, layer: int, r0: int,
-                r1: int, halves: tuple, threads: int | None = 1):
-    """One chunk's SubsetSums: rows r0:r1 of one target layer, given as Wr [r1 - r0, d_in] (and
-    their biases cr), solved by ``pensia.solve_rows``.
-
-    Returns (arrays, seconds, where): ``mask`` uint8 [2, rows, d_in, ceil(n/8)] (bits along n),
-    ``sums`` float64 [2, rows, d_in], and with a bias ``bias_mask`` [rows, ceil(n/8)] and
-    ``bias_sums`` [rows]. The out-weights b are not returned: they are redrawn from their streams.
-    Run on Dask workers with threads=1 (single-threaded workers)."""
-    from .constructions.pensia import solve_rows
-
-    t0 = time.perf_counter()
-    # solve_rows takes absolute row numbers and reads only rows r0:r1; np.zeros leaves the rows
-    # above r0 as untouched (uncommitted) memory
-    W = np.zeros((r1, Wr.shape[1]))
-    W[r0:] = Wr
-    c = None
-    if cr is not None:
-        c = np.zeros(r1)
-        c[r0:] = cr
-    sol = solve_rows(W, c, n, seed, layer, range(r0, r1), halves, threads)
-    arrays = {"mask": np.packbits(sol.mask, axis=-1), "sums": sol.sums}
-    if sol.bias_mask is not None:
-        arrays["bias_mask"] = np.packbits(sol.bias_mask, axis=-1)
-        arrays["bias_sums"] = sol.bias_sums
-    try:
-        from distributed import get_worker
-        where = get_worker().address
-    except (ImportError, ValueError):
-        where = "this process"
-    return arrays, time.perf_counter() - t0, where
-
-
-def _expected_shapes(chunk: Chunk, dims: list[int], n: int, has_bias: bool) -> dict:
-    rows, d_in, nb = chunk.r1 - chunk.r0, dims[chunk.layer], (n + 7) // 8
-    out = {"mask": (2, rows, d_in, nb), "sums": (2, rows, d_in)}
-    if has_bias:
-        out.update(bias_mask=(rows, nb), bias_sums=(rows,))
-    return out
-
-
 # ------------------------------------------------------------------ the run
 def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: dict | None = None,
             *, domain=None, data: str | None = None, data_dir=None,
@@ -289,8 +251,9 @@ def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: d
         try:
             if chunked:
                 store = ChunkStore(folder / "chunks", log)
-                con = _pensia_chunked(target, settings, plan_chunks(target.dims, plan), store,
-                                      log, say, stats, workers, scheduler, threads)
+                report = _pensia_chunked(target, settings, plan_chunks(target.dims, plan), store,
+                                         log, say, stats, workers, scheduler, threads, folder,
+                                         domain, ds, compact, evaluate_options or {})
             else:
                 if workers or scheduler:
                     log("only pensia with n is split into chunks: this run uses one process")
@@ -300,8 +263,8 @@ def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: d
                                 progress=lambda m: say(m, None, None), **settings)
                 stats.update(chunks_total=1, chunks_reused=0, chunks_computed=1,
                              chunk_seconds=[time.perf_counter() - t0])
-            report = _finish(folder, target, con, domain, ds, settings["seed"],
-                             compact, say, stats, evaluate_options or {})
+                report = _finish(folder, target, con, domain, ds, settings["seed"],
+                                 compact, say, stats, evaluate_options or {})
         except BaseException as e:
             log(f"stopped: {type(e).__name__}: {str(e)[:200]}")
             raise
@@ -324,100 +287,183 @@ def _pensia_sizes(n, depth: int) -> list[int]:
     return ns
 
 
-def _pensia_chunked(target, settings, chunks, store, log, say, stats, workers, scheduler, threads):
-    """Solve every chunk (reusing verified chunk files), then assemble the ticket."""
-    ns, seed, prune_dead = settings["n"], settings["seed"], settings["prune_dead"]
-    halves = [(0, 1) if (i == 0 or not prune_dead) else (0,) for i in range(target.depth)]
-    has_bias = [b is not None for b in target.biases]
-    results = {}
-    for ch in chunks:
-        arrays = store.load(ch, _expected_shapes(ch, target.dims, ns[ch.layer], has_bias[ch.layer]))
-        if arrays is not None:
-            results[ch] = arrays
-    pending = [ch for ch in chunks if ch not in results]
-    stats.update(chunks_total=len(chunks), chunks_reused=len(results),
-                 chunks_computed=0, chunk_seconds=[], chunk_weights=[],
-                 chunks_corrupt=store.corrupt)
-    if results:
-        log(f"resuming: {len(results)} of {len(chunks)} chunks already done")
-    say("SubsetSum chunks", len(results), len(chunks))
-
-    def args_of(ch):
-        c = target.biases[ch.layer]
-        return (target.weights[ch.layer][ch.r0:ch.r1], None if c is None else c[ch.r0:ch.r1],
-                ns[ch.layer], seed, ch.layer, ch.r0, ch.r1, halves[ch.layer])
-
-    def done(ch, out):
-        arrays, secs, where = out
-        path = store.save(ch, arrays)
-        results[ch] = arrays
-        stats["chunks_computed"] += 1
-        stats["chunk_seconds"].append(secs)
-        stats["chunk_weights"].append((ch.r1 - ch.r0) * target.dims[ch.layer])
-        log(f"chunk {ch.name} computed in {secs:.3f} s on {where}: {path.name}")
-        say("SubsetSum chunks", len(results), len(chunks))
+def _pensia_chunked(target, settings, chunks, store, log, say, stats, workers, scheduler,
+                    threads, folder, domain, ds, compact, evaluate_options) -> dict:
+    """Pensia's construction as tasks (``slth.runtasks``) on this process or a Dask cluster:
+    solve every chunk (reusing verified chunk files), write G's rows into the ticket file as
+    they arrive, then certify and measure the ticket with the same tasks' help. The client
+    holds only the effective form (target-sized), never G. Returns the report."""
+    from .distributed import Pool, client_for, n_workers
 
     t0 = time.perf_counter()
-    if pending and (workers or scheduler):
-        from .distributed import client_for, n_workers, run_tasks
+    if workers or scheduler:
         with client_for(workers, scheduler) as client:
             stats["cluster_start_seconds"] = time.perf_counter() - t0
             log(f"Dask cluster with {n_workers(client)} workers at {client.scheduler.address} "
                 f"(dashboard {client.dashboard_link})")
-            for ch, out in run_tasks(client, solve_chunk, pending, args_of):
-                done(ch, out)
-    else:
-        for ch in pending:
-            done(ch, solve_chunk(*args_of(ch), threads=threads))
-    stats["chunks_seconds_wall"] = time.perf_counter() - t0
-    say("assembling G and the masks", None, None)
-    t1 = time.perf_counter()
-    con = _pensia_assemble(target, ns, seed, prune_dead, chunks, results,
-                           stats["chunks_seconds_wall"])
-    stats["assemble_seconds"] = time.perf_counter() - t1
-    return con
+            # local workers share this file system: they write G's rows into the ticket file
+            # themselves; remote ones send them here
+            return _pensia_tasks(Pool(client), target, settings, chunks, store, log, say, stats,
+                                 1, folder, domain, ds, compact, evaluate_options,
+                                 shared_fs=bool(workers))
+    return _pensia_tasks(Pool(), target, settings, chunks, store, log, say, stats, threads,
+                         folder, domain, ds, compact, evaluate_options, shared_fs=True)
 
 
-def _pensia_assemble(target, ns, seed, prune_dead, chunks, results, solve_s):
-    """The ticket and info of ``pensia.construct(target, n=ns, seed=seed, prune_dead=...)`` from
-    the chunks' answers (same arrays, same metadata: the saved ticket is byte-identical)."""
-    from .constructions import Construction
-    from .constructions.pensia import LayerSolution, assemble_layers, draw_in, draw_out
-    from .ticket import Ticket
+def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, threads, folder,
+                  domain, ds, compact, evaluate_options, shared_fs) -> dict:
+    from . import runtasks
+    from .constructions.pensia import widen_masks
+    from .report import evaluate_parts
+    from .ticket import EffectiveLayer, TicketFile, sparsity_summary, ticket_specs
 
-    layers, effs = [], []
-    for i, n in enumerate(ns):
-        d_in, d_out = target.dims[i], target.dims[i + 1]
-        part = [results[ch] for ch in chunks if ch.layer == i]
-        has_bias = target.biases[i] is not None
-        a, beta = draw_in(d_in, n, has_bias, seed, i)
-        b, bb = draw_out(range(d_out), d_in, n, has_bias, seed, i)
-        mask = np.unpackbits(np.concatenate([p["mask"] for p in part], axis=1), axis=-1,
-                             count=n).astype(bool)
-        sol = LayerSolution(n, a, b, mask, np.concatenate([p["sums"] for p in part], axis=1))
-        if has_bias:
-            sol.beta, sol.bb = beta, bb
-            sol.bias_mask = np.unpackbits(np.concatenate([p["bias_mask"] for p in part]),
-                                          axis=-1, count=n).astype(bool)
-            sol.bias_sums = np.concatenate([p["bias_sums"] for p in part])
-        layers.extend(assemble_layers(sol, seed, i))
-        effs.append(sol.effective())
-        del sol, b, mask
-    # the lines below mirror the end of pensia.construct (see the module docstring)
-    max_w_err = max(max(float(np.abs(e.pos - W).max()),
-                        float(np.abs(e.neg + W).max()) if i == 0 or not prune_dead else 0.0)
-                    for i, (e, W) in enumerate(zip(effs, target.weights)))
-    bias_err = max([float(np.abs(e.bias - c).max()) for e, c in zip(effs, target.biases)
-                    if c is not None] or [0.0])
-    ticket = Ticket(layers, {
-        "method": "pensia", "seed": seed, "n_per_layer": ns, "target_dims": target.dims,
-        "target_has_bias": target.has_bias, "prune_dead": prune_dead,
-        "target_fingerprint": target.fingerprint(),
-    })
-    info = {"method": "pensia", "n_per_layer": ns, "neurons_per_target_weight": [2 * k for k in ns],
-            "width_per_layer": ticket.widths, "max_weight_error": max(max_w_err, bias_err),
-            "subsetsum_seconds": solve_s, "size_search": [], "eps": None}
-    return Construction(ticket, info)
+    ns, seed, prune_dead = settings["n"], settings["seed"], settings["prune_dead"]
+    L, dims = target.depth, target.dims
+    halves = [(0, 1) if (i == 0 or not prune_dead) else (0,) for i in range(L)]
+    has_bias = [c is not None for c in target.biases]
+    m = [2 * n * dims[i] + (n if has_bias[i] else 0) for i, n in enumerate(ns)]
+    eff = [EffectiveLayer(np.zeros((dims[i + 1], dims[i])), np.zeros((dims[i + 1], dims[i])),
+                          np.zeros(dims[i + 1])) for i in range(L)]
+    used = [np.zeros((2, dims[i], n), bool) for i, n in enumerate(ns)]
+    bias_used = [np.zeros(n, bool) if has_bias[i] else None for i, n in enumerate(ns)]
+    v_active = [0] * L
+    errors = np.zeros(2)
+    states = {}
+
+    def take(ch, state):
+        """Fold a chunk's state into the effective form, the used neurons and the errors."""
+        states[ch] = state
+        e, i = eff[ch.layer], ch.layer
+        e.pos[ch.r0:ch.r1], e.neg[ch.r0:ch.r1], e.bias[ch.r0:ch.r1] = (state["pos"], state["neg"],
+                                                                       state["bias"])
+        mask, bm = runtasks.unpack_masks(state, ns[i])
+        used[i] |= mask.any(axis=1)
+        v_active[i] += int(mask.sum())
+        if bm is not None:
+            bias_used[i] |= bm.any(axis=0)
+            v_active[i] += int(bm.sum())
+        np.maximum(errors, state["errors"], out=errors)
+
+    for ch in chunks:
+        state = store.load(ch, runtasks.state_shapes(ch.r1 - ch.r0, dims[ch.layer], ns[ch.layer],
+                                                     has_bias[ch.layer]))
+        if state is not None:
+            take(ch, state)
+    reused = len(states)
+    stats.update(chunks_total=len(chunks), chunks_reused=reused, chunks_computed=0,
+                 chunk_seconds=[], chunk_weights=[], chunks_corrupt=store.corrupt)
+    if reused:
+        log(f"resuming: {reused} of {len(chunks)} chunks already done")
+    say("SubsetSum chunks", reused, len(chunks))
+    meta = {"method": "pensia", "seed": seed, "n_per_layer": ns, "target_dims": dims,
+            "target_has_bias": target.has_bias, "prune_dead": prune_dead,
+            "target_fingerprint": target.fingerprint()}
+    shapes = [s for i in range(L) for s in (((m[i], dims[i]), has_bias[i]),
+                                            ((dims[i + 1], m[i]), False))]
+
+    for stale in folder.glob("ticket.safetensors.*.part"):   # left by a killed attempt
+        stale.unlink()
+    t0 = time.perf_counter()
+    with TicketFile(folder / "ticket.safetensors", ticket_specs(shapes), meta) as f:
+        def slots(i, *names):
+            """Where workers write (and read) rows of ticket layer i; None: they send them."""
+            return tuple(f.slot(f"{i}.{k}") if f"{i}.{k}" in f.where else None
+                         for k in names) if shared_fs else None
+
+        def call_of(job):
+            kind, x = job
+            if kind == "widen":
+                return runtasks.widen, (dims[x], ns[x], has_bias[x], seed, x,
+                                        slots(4 * x, "weight_orig", "bias_orig"))
+            c = target.biases[x.layer]
+            return runtasks.build_chunk, (target.weights[x.layer][x.r0:x.r1],
+                                          None if c is None else c[x.r0:x.r1], ns[x.layer], seed,
+                                          x.layer, x.r0, x.r1, halves[x.layer], threads,
+                                          states.get(x), slots(4 * x.layer + 2, "weight_orig",
+                                                               "weight_mask"))
+
+        jobs = [("widen", i) for i in range(L)] + [("chunk", ch) for ch in chunks]
+        for (kind, x), out in pool.map(jobs, call_of):
+            if kind == "widen":
+                Uw, Ub, secs, where = out
+                if Uw is not None:
+                    f.put(f"{4 * x}.weight_orig", Uw)
+                if Ub is not None:
+                    f.put(f"{4 * x}.bias_orig", Ub)
+                log(f"widen layer {x} drawn in {secs:.3f} s on {where}")
+                continue
+            state, rows, secs, where = out
+            if rows is not None:
+                f.put(f"{4 * x.layer + 2}.weight_orig", rows[0], x.r0)
+                f.put(f"{4 * x.layer + 2}.weight_mask", rows[1], x.r0)
+            if state is None:     # a chunk of an earlier attempt: its rows of G redrawn
+                continue
+            path = store.save(x, state)
+            take(x, state)
+            stats["chunks_computed"] += 1
+            stats["chunk_seconds"].append(secs)
+            stats["chunk_weights"].append((x.r1 - x.r0) * dims[x.layer])
+            log(f"chunk {x.name} computed in {secs:.3f} s on {where}: {path.name}")
+            say("SubsetSum chunks", len(states), len(chunks))
+        stats["chunks_seconds_wall"] = time.perf_counter() - t0
+        say("assembling the widen layers' masks", None, None)
+        t1 = time.perf_counter()
+        layers = []
+        for i in range(L):
+            Um, Ubm = widen_masks(used[i], bias_used[i])
+            f.put(f"{4 * i}.weight_mask", Um)
+            if Ubm is not None:
+                f.put(f"{4 * i}.bias_mask", Ubm)
+            u_active = int(used[i].sum()) + (0 if Ubm is None else int(Ubm.sum()))
+            layers += [((m[i], dims[i]), m[i] * dims[i] + (m[i] if has_bias[i] else 0), u_active),
+                       ((dims[i + 1], m[i]), dims[i + 1] * m[i], v_active[i])]
+        sparsity = sparsity_summary(layers)
+        stats["assemble_seconds"] = time.perf_counter() - t1
+        widths = [dims[0]] + [w for i in range(L) for w in (m[i], dims[i + 1])]
+        info = {"method": "pensia", "n_per_layer": ns,
+                "neurons_per_target_weight": [2 * k for k in ns], "width_per_layer": widths,
+                "max_weight_error": float(errors.max()),
+                "subsetsum_seconds": stats["chunks_seconds_wall"], "size_search": [], "eps": None}
+        t2 = time.perf_counter()
+        shared = {"target": pool.share(target), "eff": pool.share(eff)}
+
+        def literal(x):
+            """The masked network, layer pair by layer pair, each pair's rows as tasks."""
+            h = np.asarray(x, np.float64)
+            for i in range(L):
+                hx = pool.share(h)
+                out = np.empty((len(h), dims[i + 1]))
+                layer_chunks = [ch for ch in chunks if ch.layer == i]
+                masks = {ch: {k: states[ch][k] for k in ("mask", "bias_mask") if k in states[ch]}
+                         for ch in layer_chunks}
+                sl = slots(4 * i + 2, "weight_orig", "weight_mask")
+                for ch, rows in pool.map(layer_chunks, lambda ch: (runtasks.literal_rows, (
+                        hx, ns[i], seed, i, ch.r0, ch.r1, masks[ch], used[i], bias_used[i],
+                        sl))):
+                    out[:, ch.r0:ch.r1] = rows
+                h = np.maximum(out, 0.0) if i < L - 1 else out
+            return h
+
+        def ascend_all(x0, steps):
+            from .certify import ASCENT_GROUP, ascend
+            groups = list(range(0, len(x0), ASCENT_GROUP))
+            xs = dict(pool.map(groups, lambda g: (ascend, (
+                shared["target"], shared["eff"], domain, x0[g:g + ASCENT_GROUP], steps))))
+            return np.concatenate([xs[g] for g in groups] or [x0])
+
+        report = evaluate_parts(target, info, sparsity, widths, eff, literal, domain, ds,
+                                seed=seed, ascend_all=ascend_all,
+                                progress=lambda msg: say(msg, None, None), **evaluate_options)
+        stats["evaluate_seconds"] = time.perf_counter() - t2
+        say("writing the ticket", None, None)
+        t3 = time.perf_counter()
+    if compact:
+        from .ticket import load_ticket
+        load_ticket(folder / "ticket.safetensors").save_compact(
+            folder / "ticket.compact.safetensors")
+    _write_json(folder / "sparsity_report.json", sparsity)
+    stats["save_seconds"] = time.perf_counter() - t3
+    return report
 
 
 def _finish(folder, target, con, domain, ds, seed, compact, say, stats,

@@ -109,13 +109,7 @@ class Ticket:
 
     def sparsity_report(self) -> dict:
         """Density and sparsity per layer and in total (weights and biases counted together)."""
-        layers = []
-        for i, L in enumerate(self.layers):
-            d = L.n_active / max(1, L.n_params)
-            layers.append({"layer": 2 * i, "shape": list(L.shape), "params": L.n_params,
-                           "active": L.n_active, "density": d, "sparsity": 1 - d})
-        return {"layers": layers, "params": self.random_params, "active": self.active_params,
-                "density": self.density, "sparsity": self.sparsity}
+        return sparsity_summary([(L.shape, L.n_params, L.n_active) for L in self.layers])
 
     # ---------------------------------------------------------------- torch
     def module(self):
@@ -174,57 +168,26 @@ class Ticket:
                             "an even depth (pairs of widen/combine layers)")
         out = []
         for p in range(0, len(self.layers), 2):
-            U, V = self.layers[p], self.layers[p + 1]
-            m, d_in = U.shape
-            kept = U.mask.sum(1)
-            if (kept > 1).any():
-                raise SlthError(f"layer {2 * p} keeps several inputs for one neuron; not in the "
-                                "widen/combine form")
-            has_b = np.zeros(m, bool) if U.bias_mask is None else U.bias_mask
-            if (has_b & (kept == 1)).any():
-                raise SlthError(f"layer {2 * p} keeps an input and a bias on one neuron; not in "
-                                "the widen/combine form")
-            col = np.where(kept == 1, U.mask.argmax(1), -1)
-            a = np.where(kept == 1, U.weight[np.arange(m), np.maximum(col, 0)].astype(np.float64), 0.0)
-            beta = np.maximum(U.masked_bias(), 0.0) if U.bias is not None else np.zeros(m)
-            rows, rs = np.nonzero(V.mask)
-            vals = V.weight[rows, rs].astype(np.float64)
-            d_out = V.shape[0]
-            pos = np.zeros((d_out, d_in))
-            neg = np.zeros((d_out, d_in))
-            bias = np.zeros(d_out) if V.bias is None else V.masked_bias()
-            j = col[rs]
-            coef = vals * np.abs(a[rs])
-            sel = (j >= 0) & (a[rs] > 0)
-            np.add.at(pos, (rows[sel], j[sel]), coef[sel])
-            sel = (j >= 0) & (a[rs] < 0)
-            np.add.at(neg, (rows[sel], j[sel]), coef[sel])
-            sel = j < 0
-            np.add.at(bias, rows[sel], vals[sel] * beta[rs[sel]])
-            out.append(EffectiveLayer(pos, neg, bias))
+            V = self.layers[p + 1]
+            col, a, beta = widen_inputs(self.layers[p], 2 * p)
+            bias = None if V.bias is None else V.masked_bias()
+            out.append(combine_effective(V.weight, V.mask, col, a, beta,
+                                         self.layers[p].shape[1], bias))
         return out
 
     # ---------------------------------------------------------------- files
-    def _metadata(self, compact: bool = False) -> dict:
-        # one key only: safetensors writes its metadata map in no fixed order, and tickets
-        # must be byte-identical for the same seed and settings
-        head = {"format": FORMAT, "version": FORMAT_VERSION, "compact": compact, "meta": self.meta}
-        return {"slth": json.dumps(head, sort_keys=True, default=_json_default)}
-
     def save(self, path: str | os.PathLike) -> None:
         """Write the full ticket (G and masks) as safetensors; see the module docstring."""
-        import torch
-        from safetensors.torch import save_file
+        with TicketFile(path, self.tensor_specs(), self.meta) as f:
+            for i, L in enumerate(self.layers):
+                f.put(f"{2 * i}.weight_orig", L.weight)
+                f.put(f"{2 * i}.weight_mask", L.mask)
+                if L.bias is not None:
+                    f.put(f"{2 * i}.bias_orig", L.bias)
+                    f.put(f"{2 * i}.bias_mask", L.bias_mask)
 
-        tensors = {}
-        for i, L in enumerate(self.layers):
-            k = 2 * i
-            tensors[f"{k}.weight_orig"] = torch.from_numpy(np.ascontiguousarray(L.weight, np.float32))
-            tensors[f"{k}.weight_mask"] = torch.from_numpy(np.ascontiguousarray(L.mask, bool))
-            if L.bias is not None:
-                tensors[f"{k}.bias_orig"] = torch.from_numpy(np.ascontiguousarray(L.bias, np.float32))
-                tensors[f"{k}.bias_mask"] = torch.from_numpy(np.ascontiguousarray(L.bias_mask, bool))
-        _atomic_save(save_file, tensors, path, self._metadata())
+    def tensor_specs(self) -> dict:
+        return ticket_specs([(L.shape, L.bias is not None) for L in self.layers])
 
     def save_compact(self, path: str | os.PathLike) -> None:
         """Write only the active weights (CSR per layer); see the module docstring."""
@@ -243,7 +206,7 @@ class Ticket:
             tensors[f"{k}.shape"] = torch.tensor(list(L.shape), dtype=torch.int64)
             if L.bias is not None:
                 tensors[f"{k}.bias"] = torch.from_numpy(L.masked_bias(np.float32).astype(np.float32))
-        _atomic_save(save_file, tensors, path, self._metadata(compact=True))
+        _atomic_save(save_file, tensors, path, _metadata(self.meta, compact=True))
 
 
 def _json_default(o):
@@ -256,11 +219,164 @@ def _json_default(o):
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
+def _metadata(meta: dict, compact: bool = False) -> dict:
+    # one key only: safetensors writes its metadata map in no fixed order, and tickets
+    # must be byte-identical for the same seed and settings
+    head = {"format": FORMAT, "version": FORMAT_VERSION, "compact": compact, "meta": meta}
+    return {"slth": json.dumps(head, sort_keys=True, default=_json_default)}
+
+
 def _atomic_save(save_file, tensors, path, metadata):
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
+
+
+def ticket_specs(layers: list[tuple[tuple[int, int], bool]]) -> dict:
+    """Tensor names, dtypes and shapes of a full ticket file, from each layer's (shape, has_bias)."""
+    specs = {}
+    for i, ((d_out, d_in), has_bias) in enumerate(layers):
+        specs[f"{2 * i}.weight_orig"] = (np.float32, (d_out, d_in))
+        specs[f"{2 * i}.weight_mask"] = (np.bool_, (d_out, d_in))
+        if has_bias:
+            specs[f"{2 * i}.bias_orig"] = (np.float32, (d_out,))
+            specs[f"{2 * i}.bias_mask"] = (np.bool_, (d_out,))
+    return specs
+
+
+_ST_DTYPES = {np.dtype(np.float32): ("F32", 1), np.dtype(np.bool_): ("BOOL", 0)}
+
+
+class TicketFile:
+    """A ticket file written piece by piece: the safetensors layout (header, then each tensor's
+    bytes) is fixed from ``specs`` {name: (dtype, shape)} up front, so rows can be written in any
+    order as they are computed (``put``), without the whole ticket in memory. Written to
+    ``PATH.<attempt>.part`` and renamed to ``PATH`` on a clean exit; removed on an error.
+
+    The bytes are those ``safetensors.save_file`` writes (tensors ordered by dtype, F32 before
+    BOOL, then by name; compact JSON header padded with spaces to 8 bytes), checked by the tests.
+    """
+
+    def __init__(self, path: str | os.PathLike, specs: dict, meta: dict):
+        import struct
+
+        self.path = Path(path)
+        # a name of its own per attempt: a worker left over from a killed attempt cannot write
+        # into this one
+        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{os.urandom(4).hex()}.part")
+        order = sorted(specs, key=lambda k: (-_ST_DTYPES[np.dtype(specs[k][0])][1], k))
+        header: dict = {"__metadata__": _metadata(meta)}
+        self.where: dict[str, tuple[int, np.dtype, tuple]] = {}
+        end = 0
+        for k in order:
+            dt, shape = np.dtype(specs[k][0]), tuple(int(v) for v in specs[k][1])
+            size = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+            header[k] = {"dtype": _ST_DTYPES[dt][0], "shape": list(shape),
+                         "data_offsets": [end, end + size]}
+            self.where[k] = (end, dt, shape)
+            end += size
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        self.base = 8 + len(text)
+        self.f = open(self.tmp, "wb")
+        self.f.write(struct.pack("<Q", len(text)) + text)
+        self.f.truncate(self.base + end)     # unwritten bytes read as zeros
+
+    def put(self, name: str, array: np.ndarray, row0: int = 0) -> None:
+        """Write ``array`` as rows ``row0:row0 + len(array)`` of tensor ``name``."""
+        put_rows(self.slot(name), array, row0, self.f.fileno())
+
+    def slot(self, name: str) -> tuple:
+        """Where tensor ``name`` lives: (file, byte offset, dtype, shape); other processes on
+        this machine (local Dask workers) can fill rows with ``put_rows(slot, ...)``."""
+        off, dt, shape = self.where[name]
+        return str(self.tmp), self.base + off, dt.str, shape
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *exc):
+        self.f.close()
+        if kind is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def put_rows(slot: tuple, array: np.ndarray, row0: int = 0, fd: int | None = None) -> None:
+    """Write ``array`` as rows ``row0:`` of the tensor at ``slot`` (``TicketFile.slot``)."""
+    path, off, dt, shape = slot
+    a = np.ascontiguousarray(array, dtype=np.dtype(dt))
+    if a.ndim != len(shape) or a.shape[1:] != tuple(shape[1:]) or not 0 <= row0 <= shape[0] - len(a):
+        raise ValueError(f"rows {row0}:{row0 + len(a)} of shape {a.shape} do not fit {shape}")
+    row = int(np.prod(shape[1:], dtype=np.int64)) * a.itemsize
+    view, pos = memoryview(a.reshape(-1).view(np.uint8)), off + row0 * row
+    own = fd is None
+    fd = os.open(path, os.O_WRONLY) if own else fd
+    try:
+        while len(view):        # one write moves at most ~2 GB on Linux
+            k = os.pwrite(fd, view, pos)
+            view, pos = view[k:], pos + k
+    finally:
+        if own:
+            os.close(fd)
+
+
+def widen_inputs(U: Layer, position: int = 0):
+    """Per neuron of a widen layer: the input it keeps (col [m], -1 for none), that weight
+    (a [m], float64) and its kept bias clipped at 0 (beta [m]). Raises unless every neuron
+    keeps at most one input, or only its bias (the gadget form all three constructions use)."""
+    m = U.shape[0]
+    kept = U.mask.sum(1)
+    if (kept > 1).any():
+        raise SlthError(f"layer {position} keeps several inputs for one neuron; not in the "
+                        "widen/combine form")
+    has_b = np.zeros(m, bool) if U.bias_mask is None else U.bias_mask
+    if (has_b & (kept == 1)).any():
+        raise SlthError(f"layer {position} keeps an input and a bias on one neuron; not in "
+                        "the widen/combine form")
+    col = np.where(kept == 1, U.mask.argmax(1), -1)
+    a = np.where(kept == 1, U.weight[np.arange(m), np.maximum(col, 0)].astype(np.float64), 0.0)
+    beta = np.maximum(U.masked_bias(), 0.0) if U.bias is not None else np.zeros(m)
+    return col, a, beta
+
+
+def combine_effective(Vw: np.ndarray, Vm: np.ndarray, col: np.ndarray, a: np.ndarray,
+                      beta: np.ndarray, d_in: int, bias: np.ndarray | None = None
+                      ) -> EffectiveLayer:
+    """Rows of a combine layer (weights Vw [rows, m], mask Vm [rows, m], kept biases or None)
+    read in the target's terms, given the widen layer's ``widen_inputs``. Sums run over the kept
+    links of each row in column order, so any split into rows gives the same numbers."""
+    rows, rs = np.nonzero(Vm)
+    vals = Vw[rows, rs].astype(np.float64)
+    d_out = Vm.shape[0]
+    pos = np.zeros((d_out, d_in))
+    neg = np.zeros((d_out, d_in))
+    bias = np.zeros(d_out) if bias is None else np.array(bias, np.float64)
+    j = col[rs]
+    coef = vals * np.abs(a[rs])
+    sel = (j >= 0) & (a[rs] > 0)
+    np.add.at(pos, (rows[sel], j[sel]), coef[sel])
+    sel = (j >= 0) & (a[rs] < 0)
+    np.add.at(neg, (rows[sel], j[sel]), coef[sel])
+    sel = j < 0
+    np.add.at(bias, rows[sel], vals[sel] * beta[rs[sel]])
+    return EffectiveLayer(pos, neg, bias)
+
+
+def sparsity_summary(layers: list[tuple[tuple[int, int], int, int]]) -> dict:
+    """Density and sparsity per layer and in total from each layer's (shape, params, active)."""
+    out = []
+    for i, (shape, params, active) in enumerate(layers):
+        d = active / max(1, params)
+        out.append({"layer": 2 * i, "shape": list(shape), "params": int(params),
+                    "active": int(active), "density": d, "sparsity": 1 - d})
+    params = sum(int(p) for _, p, _ in layers)
+    active = sum(int(k) for _, _, k in layers)
+    density = active / max(1, params)
+    return {"layers": out, "params": params, "active": active, "density": density,
+            "sparsity": 1.0 - density}
 
 
 def load_ticket(path: str | os.PathLike) -> Ticket:

@@ -140,31 +140,60 @@ def assemble_layers(sol: LayerSolution, seed: int, layer: int) -> tuple[Layer, L
     """Materialise G's widen and combine layers (all weights drawn) and the ticket's masks."""
     n = sol.n
     _, d_out, d_in, _ = sol.mask.shape
-    has_bias = sol.beta is not None
-    m = 2 * n * d_in + (n if has_bias else 0)
-    Uw = stream(seed, layer, FILL_W, 0, 0, 0).uniform(-1.0, 1.0, (m, d_in)).astype(np.float32)
-    used = sol.mask.any(axis=1)                       # [2, d_in, n]: neuron has an out-link
-    rows = np.arange(2 * n * d_in).reshape(d_in, 2, n)  # row of neuron (j, h, t)
-    signs = np.array([1.0, -1.0])[:, None, None]
-    vals = (signs * sol.a).astype(np.float32)          # [2, n, d_in]
-    jj = np.broadcast_to(np.arange(d_in)[:, None, None], (d_in, 2, n))
-    Uw[rows, jj] = np.transpose(vals, (2, 0, 1))
-    Um = np.zeros((m, d_in), bool)
-    Um[rows, jj] = np.transpose(used, (1, 0, 2))
-    Ub = Ubm = None
-    if has_bias:
-        Ub = stream(seed, layer, FILL_B, 0, 0, 0).uniform(-1.0, 1.0, m).astype(np.float32)
-        Ub[2 * n * d_in:] = sol.beta.astype(np.float32)
-        Ubm = np.zeros(m, bool)
-        Ubm[2 * n * d_in:] = sol.bias_mask.any(axis=0)
-    Vw = np.empty((d_out, m), np.float32)
-    Vw[:, :2 * n * d_in] = np.transpose(sol.b, (2, 3, 0, 1)).reshape(d_out, -1)
-    Vm = np.zeros((d_out, m), bool)
-    Vm[:, :2 * n * d_in] = np.transpose(sol.mask, (1, 2, 0, 3)).reshape(d_out, -1)
-    if has_bias:
-        Vw[:, 2 * n * d_in:] = sol.bb.T
-        Vm[:, 2 * n * d_in:] = sol.bias_mask
+    Uw, Ub = widen_weights(sol.a, sol.beta, seed, layer)
+    bias_used = None if sol.beta is None else sol.bias_mask.any(axis=0)
+    Um, Ubm = widen_masks(sol.mask.any(axis=1), bias_used)
+    Vw, Vm = combine_rows(sol.b, sol.mask, sol.bb, sol.bias_mask)
     return Layer(Uw, Um, Ub, Ubm), Layer(Vw, Vm)
+
+
+def widen_weights(a: np.ndarray, beta: np.ndarray | None, seed: int, layer: int):
+    """G's widen layer: weights float32 [m, d_in] (filler draws, with +a / -a on each input's
+    block) and biases float32 [m] (filler, with beta on the bias block) or None; m = 2 n d_in
+    (+ n). Neuron (j, h, t) is row (j * 2 + h) * n + t."""
+    _, n, d_in = a.shape
+    m = 2 * n * d_in + (0 if beta is None else n)
+    Uw = stream(seed, layer, FILL_W, 0, 0, 0).uniform(-1.0, 1.0, (m, d_in)).astype(np.float32)
+    rows = np.arange(2 * n * d_in).reshape(d_in, 2, n)
+    vals = (np.array([1.0, -1.0])[:, None, None] * a).astype(np.float32)    # [2, n, d_in]
+    Uw[rows, np.arange(d_in)[:, None, None]] = np.transpose(vals, (2, 0, 1))
+    Ub = None
+    if beta is not None:
+        Ub = stream(seed, layer, FILL_B, 0, 0, 0).uniform(-1.0, 1.0, m).astype(np.float32)
+        Ub[2 * n * d_in:] = beta.astype(np.float32)
+    return Uw, Ub
+
+
+def widen_masks(used: np.ndarray, bias_used: np.ndarray | None):
+    """The widen layer's masks from ``used`` bool [2, d_in, n] (neuron (j, h, t) has an
+    out-link) and ``bias_used`` bool [n] or None: bool [m, d_in] and [m] (or None)."""
+    _, d_in, n = used.shape
+    m = 2 * n * d_in + (0 if bias_used is None else n)
+    Um = np.zeros((m, d_in), bool)
+    rows = np.arange(2 * n * d_in).reshape(d_in, 2, n)
+    Um[rows, np.arange(d_in)[:, None, None]] = np.transpose(used, (1, 0, 2))
+    Ubm = None
+    if bias_used is not None:
+        Ubm = np.zeros(m, bool)
+        Ubm[2 * n * d_in:] = bias_used
+    return Um, Ubm
+
+
+def combine_rows(b: np.ndarray, mask: np.ndarray, bb: np.ndarray | None = None,
+                 bias_mask: np.ndarray | None = None):
+    """Rows of G's combine layer for some output rows: from out-weights b [2, n, rows, d_in],
+    chosen links mask [2, rows, d_in, n] (and bb [n, rows], bias_mask [rows, n]), the weights
+    float32 [rows, m] and the mask bool [rows, m] (columns in widen-row order)."""
+    _, n, rows, d_in = b.shape
+    m = 2 * n * d_in + (0 if bb is None else n)
+    Vw = np.empty((rows, m), np.float32)
+    Vw[:, :2 * n * d_in] = np.transpose(b, (2, 3, 0, 1)).reshape(rows, -1)
+    Vm = np.zeros((rows, m), bool)
+    Vm[:, :2 * n * d_in] = np.transpose(mask, (1, 2, 0, 3)).reshape(rows, -1)
+    if bb is not None:
+        Vw[:, 2 * n * d_in:] = bb.T
+        Vm[:, 2 * n * d_in:] = bias_mask
+    return Vw, Vm
 
 
 def theory_n(d_in: int, d_out: int, depth: int, eps: float) -> int:
