@@ -216,3 +216,16 @@ def test_ticket_files_are_the_bytes_safetensors_itself_writes(tmp_path, bias):
     assert (tmp_path / "ours.safetensors").read_bytes() == \
         (tmp_path / "theirs.safetensors").read_bytes()
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_widen_layer_drawn_in_blocks_is_the_one_piece_draw():
+    """Workers write G's widen layer a block of rows at a time (bounded memory); the blocks must
+    be exactly the rows of the layer drawn at once."""
+    from slth.constructions.pensia import draw_in, widen_weight_rows, widen_weights
+
+    a, beta = draw_in(6, 5, True, 4, 1)
+    Uw, Ub = widen_weights(a, beta, 4, 1)
+    blocks = list(widen_weight_rows(a, True, 4, 1, block=7))
+    assert [r0 for r0, _ in blocks] == list(range(0, len(Uw), 7))
+    assert np.array_equal(np.concatenate([b for _, b in blocks]), Uw)
+    assert Uw.shape == (2 * 5 * 6 + 5, 6) and Ub.shape == (65,) and np.all(Ub[60:] == beta.astype(np.float32))

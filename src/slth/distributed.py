@@ -37,10 +37,14 @@ def client_for(workers: int | None = None, scheduler: str | None = None,
         raise SlthError(f"--workers must be >= 1, got {workers}")
     import dask
 
-    # Dask sets MALLOC_TRIM_THRESHOLD_ for its workers, which also stops glibc from raising its
-    # mmap threshold: every large temporary array is then freshly mapped and page-faulted
-    # (measured: chunks 6% slower). A fixed 32 MiB threshold gives back most of that.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 25}):
+    # Dask sets MALLOC_TRIM_THRESHOLD_=65536 for its workers: glibc then gives memory back after
+    # nearly every large temporary (and stops raising its mmap threshold), so temporaries are
+    # page-faulted afresh each time. Measured on 2 cores: chunks 6% slower, and the gradient
+    # ascent 6% slower alone, 12% with two workers side by side. Arrays over 32 MiB are still
+    # mapped and returned at once; the heap is trimmed past 256 MiB free.
+    env = "distributed.nanny.pre-spawn-environ"
+    with dask.config.set({f"{env}.MALLOC_MMAP_THRESHOLD_": 1 << 25,
+                          f"{env}.MALLOC_TRIM_THRESHOLD_": 1 << 28}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=":0", silence_logs=logging.ERROR)
     with cluster, Client(cluster, set_as_default=False) as client:

@@ -125,6 +125,7 @@ def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], e
     x0 = search_starts(target.dims[0], domain, starts, restarts, seed)
     xs = (ascend_all(x0, steps) if ascend_all is not None
           else ascend_in_groups(target, eff, domain, x0, steps))
+    rep["ascent_seconds"] = time.perf_counter() - t0
     rep["adversarial_max_error"] = max_output_error(target, literal, xs)
     rep["adversarial_seconds"] = time.perf_counter() - t0
     found = max(rep["adversarial_max_error"], rep.get("empirical_max_error") or 0.0)

@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from .constructions.pensia import combine_rows, draw_in, draw_out, solve_rows, widen_weights
+from .constructions.pensia import (combine_rows, draw_in, draw_out, solve_rows, widen_biases,
+                                   widen_weight_rows, widen_weights)
 from .ticket import combine_effective, put_rows
 
 
@@ -107,15 +108,20 @@ def gadget_inputs(a: np.ndarray, beta: np.ndarray | None):
     return col, av, bv
 
 
-def widen(d_in: int, n: int, has_bias: bool, seed: int, layer: int, slots: tuple | None = None):
+def widen(d_in: int, n: int, has_bias: bool, seed: int, layer: int, slots: tuple | None = None,
+          block: int = 4096):
     """G's widen layer for one target layer: (weights float32 [m, d_in], biases float32 [m] or
-    None, seconds, where); with ``slots`` (weights', biases' slot in the ticket file) written
-    there instead, and returned as None."""
+    None, seconds, where). With ``slots`` (the weights' and biases' slots in the ticket file)
+    they are written there instead, ``block`` rows at a time (memory: one block), and returned
+    as None."""
     t0 = time.perf_counter()
     a, beta = draw_in(d_in, n, has_bias, seed, layer)
-    Uw, Ub = widen_weights(a, beta, seed, layer)
-    if slots is not None:
-        put_rows(slots[0], Uw)
+    if slots is None:
+        Uw, Ub = widen_weights(a, beta, seed, layer)
+    else:
+        for r0, U in widen_weight_rows(a, has_bias, seed, layer, block):
+            put_rows(slots[0], U, r0)
+        Ub = widen_biases(beta, 2 * n * d_in, seed, layer)
         if Ub is not None:
             put_rows(slots[1], Ub)
         Uw = Ub = None

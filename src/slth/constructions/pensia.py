@@ -151,17 +151,36 @@ def widen_weights(a: np.ndarray, beta: np.ndarray | None, seed: int, layer: int)
     """G's widen layer: weights float32 [m, d_in] (filler draws, with +a / -a on each input's
     block) and biases float32 [m] (filler, with beta on the bias block) or None; m = 2 n d_in
     (+ n). Neuron (j, h, t) is row (j * 2 + h) * n + t."""
+    rows = list(widen_weight_rows(a, beta is not None, seed, layer))
+    return (rows[0][1] if len(rows) == 1 else np.concatenate([r for _, r in rows]),
+            widen_biases(beta, a.shape[1] * a.shape[2] * 2, seed, layer))
+
+
+def widen_weight_rows(a: np.ndarray, has_bias: bool, seed: int, layer: int,
+                      block: int | None = None):
+    """``widen_weights``' weights, ``block`` rows at a time (all at once: None): yields
+    (first row, float32 [rows, d_in]). One stream, drawn in order, so the blocks are the rows of
+    the one-piece draw exactly."""
     _, n, d_in = a.shape
-    m = 2 * n * d_in + (0 if beta is None else n)
-    Uw = stream(seed, layer, FILL_W, 0, 0, 0).uniform(-1.0, 1.0, (m, d_in)).astype(np.float32)
-    rows = np.arange(2 * n * d_in).reshape(d_in, 2, n)
+    m = 2 * n * d_in + (n if has_bias else 0)
+    g = stream(seed, layer, FILL_W, 0, 0, 0)
     vals = (np.array([1.0, -1.0])[:, None, None] * a).astype(np.float32)    # [2, n, d_in]
-    Uw[rows, np.arange(d_in)[:, None, None]] = np.transpose(vals, (2, 0, 1))
-    Ub = None
-    if beta is not None:
-        Ub = stream(seed, layer, FILL_B, 0, 0, 0).uniform(-1.0, 1.0, m).astype(np.float32)
-        Ub[2 * n * d_in:] = beta.astype(np.float32)
-    return Uw, Ub
+    for r0 in range(0, m, block or m):
+        U = g.uniform(-1.0, 1.0, (min(m, r0 + (block or m)) - r0, d_in)).astype(np.float32)
+        r = np.arange(r0, min(r0 + len(U), 2 * n * d_in))         # block neurons among them
+        j, h, t = r // (2 * n), (r // n) % 2, r % n
+        U[r - r0, j] = vals[h, t, j]
+        yield r0, U
+
+
+def widen_biases(beta: np.ndarray | None, m_blocks: int, seed: int, layer: int):
+    """The widen layer's biases float32 [m_blocks + n] (filler, beta on the bias block), or None."""
+    if beta is None:
+        return None
+    Ub = stream(seed, layer, FILL_B, 0, 0, 0).uniform(-1.0, 1.0, m_blocks + len(beta))
+    Ub = Ub.astype(np.float32)
+    Ub[m_blocks:] = beta.astype(np.float32)
+    return Ub
 
 
 def widen_masks(used: np.ndarray, bias_used: np.ndarray | None):
