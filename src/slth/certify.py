@@ -207,8 +207,10 @@ def effective_forward(target_dims, eff: list[EffectiveLayer], x):
         P = torch.as_tensor(e.pos, dtype=x.dtype)
         N = torch.as_tensor(e.neg, dtype=x.dtype)
         b = torch.as_tensor(e.bias, dtype=x.dtype)
-        # past layer 1 the inputs are post-ReLU: relu(-h) = 0 and the N term vanishes
-        h = (torch.relu(h) @ P.T + torch.relu(-h) @ N.T if i == 0 else h @ P.T) + b
+        # inputs that are all >= 0 (past layer 1: post-ReLU; images) make relu(-h) = 0: the
+        # N term vanishes exactly, value and gradient
+        h = (torch.relu(h) @ P.T + torch.relu(-h) @ N.T if bool((h < 0).any())
+             else h @ P.T) + b
         if i < len(eff) - 1:
             h = torch.relu(h)
     return h

@@ -47,6 +47,7 @@ from .errors import SlthError
 from .targets import MLP, load_target
 
 CHUNK_WEIGHTS = 65_536   # target weights per chunk: ~0.3 s at n = 8, ~9 s at n = 21 on one core
+LITERAL_GROUP = 8        # chunks per literal-check task
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,7 @@ def _pensia_chunked(target, settings, chunks, store, log, say, stats, workers, s
 def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, threads, folder,
                   domain, ds, compact, evaluate_options, shared_fs) -> dict:
     from . import runtasks
-    from .constructions.pensia import widen_masks
+    from .constructions.pensia import widen_bias_mask, widen_mask_index
     from .report import evaluate_parts
     from .ticket import EffectiveLayer, TicketFile, sparsity_summary, ticket_specs
 
@@ -379,7 +380,7 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
             return runtasks.build_chunk, (target.weights[x.layer][x.r0:x.r1],
                                           None if c is None else c[x.r0:x.r1], ns[x.layer], seed,
                                           x.layer, x.r0, x.r1, halves[x.layer], threads,
-                                          states.get(x), slots(4 * x.layer + 2, "weight_orig",
+                                          _masks(states.get(x)), slots(4 * x.layer + 2, "weight_orig",
                                                                "weight_mask"))
 
         jobs = [("widen", i) for i in range(L)] + [("chunk", ch) for ch in chunks]
@@ -410,11 +411,10 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
         t1 = time.perf_counter()
         layers = []
         for i in range(L):
-            Um, Ubm = widen_masks(used[i], bias_used[i])
-            f.put(f"{4 * i}.weight_mask", Um)
-            if Ubm is not None:
-                f.put(f"{4 * i}.bias_mask", Ubm)
-            u_active = int(used[i].sum()) + (0 if Ubm is None else int(Ubm.sum()))
+            f.set_true(f"{4 * i}.weight_mask", widen_mask_index(used[i]))   # the rest: zeros
+            if bias_used[i] is not None:
+                f.put(f"{4 * i}.bias_mask", widen_bias_mask(bias_used[i], m[i] - ns[i]))
+            u_active = int(used[i].sum()) + (0 if bias_used[i] is None else int(bias_used[i].sum()))
             layers += [((m[i], dims[i]), m[i] * dims[i] + (m[i] if has_bias[i] else 0), u_active),
                        ((dims[i + 1], m[i]), dims[i + 1] * m[i], v_active[i])]
         sparsity = sparsity_summary(layers)
@@ -428,19 +428,19 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
         shared = {"target": pool.share(target), "eff": pool.share(eff)}
 
         def literal(x):
-            """The masked network, layer pair by layer pair, each pair's rows as tasks."""
+            """The masked network, layer pair by layer pair, each pair's rows as tasks (groups
+            of ``LITERAL_GROUP`` chunks)."""
             h = np.asarray(x, np.float64)
             for i in range(L):
-                hx = pool.share(h)
+                hx, sl = pool.share(h), slots(4 * i + 2, "weight_orig", "weight_mask")
                 out = np.empty((len(h), dims[i + 1]))
-                layer_chunks = [ch for ch in chunks if ch.layer == i]
-                masks = {ch: {k: states[ch][k] for k in ("mask", "bias_mask") if k in states[ch]}
-                         for ch in layer_chunks}
-                sl = slots(4 * i + 2, "weight_orig", "weight_mask")
-                for ch, rows in pool.map(layer_chunks, lambda ch: (runtasks.literal_rows, (
-                        hx, ns[i], seed, i, ch.r0, ch.r1, masks[ch], used[i], bias_used[i],
-                        sl))):
-                    out[:, ch.r0:ch.r1] = rows
+                own = [ch for ch in chunks if ch.layer == i]
+                groups = [own[k:k + LITERAL_GROUP] for k in range(0, len(own), LITERAL_GROUP)]
+                for g, rows in pool.map(range(len(groups)), lambda g: (runtasks.literal_rows, (
+                        hx, ns[i], seed, i, [(ch.r0, ch.r1, _masks(states[ch]))
+                                             for ch in groups[g]], used[i], bias_used[i], sl))):
+                    for ch, r in zip(groups[g], rows):
+                        out[:, ch.r0:ch.r1] = r
                 h = np.maximum(out, 0.0) if i < L - 1 else out
             return h
 
@@ -464,6 +464,11 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
     _write_json(folder / "sparsity_report.json", sparsity)
     stats["save_seconds"] = time.perf_counter() - t3
     return report
+
+
+def _masks(state: dict | None) -> dict | None:
+    """The masks of a chunk state (what tasks need of an earlier attempt's answers)."""
+    return None if state is None else {k: state[k] for k in ("mask", "bias_mask") if k in state}
 
 
 def _finish(folder, target, con, domain, ds, seed, compact, say, stats,

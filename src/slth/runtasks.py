@@ -128,14 +128,14 @@ def widen(d_in: int, n: int, has_bias: bool, seed: int, layer: int, slots: tuple
     return Uw, Ub, time.perf_counter() - t0, _where()
 
 
-def literal_rows(x: np.ndarray, n: int, seed: int, layer: int, r0: int, r1: int,
-                 state: dict, used: np.ndarray, bias_used: np.ndarray | None,
-                 slots: tuple | None = None) -> np.ndarray:
-    """Outputs r0:r1 [N, rows] (float64, before the ReLU) of target layer ``layer``'s widen/combine
-    pair of the masked network on inputs x [N, d_in]: the widen layer (``used`` [2, d_in, n],
-    ``bias_used`` [n] say which neurons the masks keep), ReLU, then the chunk's combine rows,
-    read from the ticket file (``slots`` of the weights and mask) or, without it, every weight
-    redrawn from its stream and masked by ``state``'s masks."""
+def literal_rows(x: np.ndarray, n: int, seed: int, layer: int, parts: list,
+                 used: np.ndarray, bias_used: np.ndarray | None,
+                 slots: tuple | None = None) -> list[np.ndarray]:
+    """For each (r0, r1, masks) of ``parts``: outputs r0:r1 [N, rows] (float64, before the ReLU)
+    of target layer ``layer``'s widen/combine pair of the masked network on inputs x [N, d_in].
+    The widen layer (``used`` [2, d_in, n], ``bias_used`` [n] say which neurons the masks keep),
+    ReLU, then the chunk's combine rows, read from the ticket file (``slots`` of the weights and
+    mask) or, without it, every weight redrawn from its stream and masked by ``masks``."""
     N, d_in = x.shape
     has_bias = bias_used is not None
     a, beta = draw_in(d_in, n, has_bias, seed, layer)
@@ -143,13 +143,16 @@ def literal_rows(x: np.ndarray, n: int, seed: int, layer: int, r0: int, r1: int,
     h = np.maximum(x[:, :, None] * w.reshape(d_in, 2 * n)[None], 0.0).reshape(N, -1)
     if has_bias:
         h = np.concatenate([h, np.broadcast_to(np.maximum(Ub, 0.0), (N, n))], axis=1)
-    if slots is not None:
-        Vw, Vm = (_read_rows(s, r0, r1) for s in slots)
-    else:
-        b, bb = draw_out(range(r0, r1), d_in, n, has_bias, seed, layer)
-        mask, bias_mask = unpack_masks(state, n)
-        Vw, Vm = combine_rows(b, mask, bb, bias_mask)
-    return h @ np.where(Vm, Vw.astype(np.float64), 0.0).T
+    out = []
+    for r0, r1, masks in parts:
+        if slots is not None:
+            Vw, Vm = (_read_rows(s, r0, r1) for s in slots)
+        else:
+            b, bb = draw_out(range(r0, r1), d_in, n, has_bias, seed, layer)
+            mask, bias_mask = unpack_masks(masks, n)
+            Vw, Vm = combine_rows(b, mask, bb, bias_mask)
+        out.append(h @ np.where(Vm, Vw.astype(np.float64), 0.0).T)
+    return out
 
 
 def _read_rows(slot: tuple, r0: int, r1: int) -> np.ndarray:

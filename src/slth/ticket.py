@@ -287,6 +287,16 @@ class TicketFile:
         """Write ``array`` as rows ``row0:row0 + len(array)`` of tensor ``name``."""
         put_rows(self.slot(name), array, row0, self.f.fileno())
 
+    def set_true(self, name: str, index: tuple) -> None:
+        """Set entries ``index`` (numpy fancy index) of bool tensor ``name`` to True; the rest
+        stay as written (zeros if never written). Touches only the pages holding them."""
+        off, dt, shape = self.where[name]
+        self.f.flush()
+        mm = np.memmap(self.tmp, dtype=dt, mode="r+", offset=self.base + off, shape=shape)
+        mm[index] = True
+        mm.flush()
+        del mm
+
     def slot(self, name: str) -> tuple:
         """Where tensor ``name`` lives: (file, byte offset, dtype, shape); other processes on
         this machine (local Dask workers) can fill rows with ``put_rows(slot, ...)``."""

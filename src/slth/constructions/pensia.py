@@ -189,13 +189,25 @@ def widen_masks(used: np.ndarray, bias_used: np.ndarray | None):
     _, d_in, n = used.shape
     m = 2 * n * d_in + (0 if bias_used is None else n)
     Um = np.zeros((m, d_in), bool)
-    rows = np.arange(2 * n * d_in).reshape(d_in, 2, n)
-    Um[rows, np.arange(d_in)[:, None, None]] = np.transpose(used, (1, 0, 2))
-    Ubm = None
-    if bias_used is not None:
-        Ubm = np.zeros(m, bool)
-        Ubm[2 * n * d_in:] = bias_used
-    return Um, Ubm
+    Um[widen_mask_index(used)] = True
+    return Um, widen_bias_mask(bias_used, 2 * n * d_in)
+
+
+def widen_bias_mask(bias_used: np.ndarray | None, m_blocks: int):
+    """The widen layer's bias mask bool [m_blocks + n]: kept on the used bias neurons; or None."""
+    if bias_used is None:
+        return None
+    Ubm = np.zeros(m_blocks + len(bias_used), bool)
+    Ubm[m_blocks:] = bias_used
+    return Ubm
+
+
+def widen_mask_index(used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the widen layer's kept in-weights: neuron (j, h, t) keeps input j
+    when ``used[h, j, t]``."""
+    _, d_in, n = used.shape
+    j, h, t = np.nonzero(np.transpose(used, (1, 0, 2)))
+    return (j * 2 + h) * n + t, j
 
 
 def combine_rows(b: np.ndarray, mask: np.ndarray, bb: np.ndarray | None = None,
