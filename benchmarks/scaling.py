@@ -81,6 +81,10 @@ def workers_run(target_path: Path, n: int, workers: int, runs_dir: Path) -> dict
             "chunk_seconds": s["chunk_seconds"], "chunk_weights": s["chunk_weights"],
             **{k: s.get(k) for k in ("cluster_start_seconds", "chunks_seconds_wall",
                                      "assemble_seconds", "evaluate_seconds", "save_seconds")},
+            "ascent_seconds": run.report["ascent_seconds"],
+            "literal_check_seconds": (run.report["adversarial_seconds"]
+                                      - run.report["ascent_seconds"]),
+            "client_peak_rss_mb": run.report["peak_rss_mb"],
             "random_params": run.report["random_params"], "density": run.report["density"],
             "certified_bound": run.report["certified_bound"],
             "max_weight_error": run.report["max_weight_error"],
@@ -119,6 +123,9 @@ def summarize(eng: dict, w1: dict, w2: dict, eng21: dict, weights_goal: float = 
               hour: float = 3600.0) -> dict:
     W = w1["weights"]
     rate = lambda r: sum(r["chunk_weights"]) / sum(r["chunk_seconds"])  # noqa: E731 per worker
+    # cluster start to a complete ticket file flushed to disk (the report's work not included)
+    build = lambda r: (r["cluster_start_seconds"] + r["chunks_seconds_wall"]  # noqa: E731
+                       + r["assemble_seconds"])
     # after the chunk phase: the widen masks (client) and the report (ascent and literal tasks on
     # the workers, bound in the client)
     after1 = w1["wall_seconds"] - w1["cluster_start_seconds"] - w1["chunks_seconds_wall"]
@@ -128,6 +135,8 @@ def summarize(eng: dict, w1: dict, w2: dict, eng21: dict, weights_goal: float = 
         "workers1_chunk_phase_weights_per_s": W / w1["chunks_seconds_wall"],
         "workers2_chunk_phase_weights_per_s": W / w2["chunks_seconds_wall"],
         "speedup_chunk_phase_2_vs_1": w1["chunks_seconds_wall"] / w2["chunks_seconds_wall"],
+        "speedup_construction_2_vs_1": build(w1) / build(w2),
+        "speedup_ascent_2_vs_1": w1["ascent_seconds"] / w2["ascent_seconds"],
         "speedup_after_chunks_2_vs_1": after1 / (w2["wall_seconds"] - w2["cluster_start_seconds"]
                                                  - w2["chunks_seconds_wall"]),
         "workers1_end_to_end_weights_per_s": W / w1["wall_seconds"],

@@ -417,6 +417,7 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
             u_active = int(used[i].sum()) + (0 if bias_used[i] is None else int(bias_used[i].sum()))
             layers += [((m[i], dims[i]), m[i] * dims[i] + (m[i] if has_bias[i] else 0), u_active),
                        ((dims[i + 1], m[i]), dims[i + 1] * m[i], v_active[i])]
+        f.sync()   # G is complete: on disk before the report's tasks run (not competing with them)
         sparsity = sparsity_summary(layers)
         stats["assemble_seconds"] = time.perf_counter() - t1
         widths = [dims[0]] + [w for i in range(L) for w in (m[i], dims[i + 1])]

@@ -297,6 +297,11 @@ class TicketFile:
         mm.flush()
         del mm
 
+    def sync(self) -> None:
+        """Flush everything written so far (by any process) to disk."""
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
     def slot(self, name: str) -> tuple:
         """Where tensor ``name`` lives: (file, byte offset, dtype, shape); other processes on
         this machine (local Dask workers) can fill rows with ``put_rows(slot, ...)``."""
@@ -307,6 +312,8 @@ class TicketFile:
         return self
 
     def __exit__(self, kind, *exc):
+        if kind is None:
+            self.sync()
         self.f.close()
         if kind is None:
             os.replace(self.tmp, self.path)
