@@ -6,10 +6,11 @@ Target: synthetic 784-3000-3000-10, bias-free, 11,382,000 weights, trained-like 
 degrees of freedom, std 1/sqrt(d_in) per layer, clipped to [-0.5, 0.5]; no data needed). Steps, each
 in a fresh process so memory figures are its own:
 
-1. engine: every chunk of the run's plan solved in one process, ``threads=1``, no Dask, no files
-   (the single-threaded engine's throughput);
+1. engine: every chunk task of the run's plan (``runtasks.build_chunk``: solve, draw G's rows,
+   read them in the target's terms) in one process, ``threads=1``, no Dask, no files (the
+   single-threaded engine's throughput);
 2. workers=1 and workers=2: the full ``slth.runs.execute`` (LocalCluster of single-threaded workers,
-   chunk files, assembly of G, certification, ticket written);
+   chunk files, G written into the ticket by the workers, certification, error search);
 3. a sample of chunks at n = 21 (the paper's block size), engine only, for the projection.
 
 Prints a summary and writes it as JSON: weights per second, speed-ups, a worker's throughput against
