@@ -138,8 +138,6 @@ def solve_layer(W: np.ndarray, c: np.ndarray | None, n: int, seed: int, layer: i
 
 def assemble_layers(sol: LayerSolution, seed: int, layer: int) -> tuple[Layer, Layer]:
     """Materialise G's widen and combine layers (all weights drawn) and the ticket's masks."""
-    n = sol.n
-    _, d_out, d_in, _ = sol.mask.shape
     Uw, Ub = widen_weights(sol.a, sol.beta, seed, layer)
     bias_used = None if sol.beta is None else sol.bias_mask.any(axis=0)
     Um, Ubm = widen_masks(sol.mask.any(axis=1), bias_used)
