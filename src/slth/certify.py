@@ -229,23 +229,10 @@ def _target_torch(target: MLP, x):
     return h
 
 
-def adversarial_search(target: MLP, eff: list[EffectiveLayer], domain: Domain,
-                       starts: np.ndarray | None = None, restarts: int = 32, steps: int = 100,
-                       seed: int = 0) -> np.ndarray:
-    """Projected gradient ascent on ||F(x) - G_hat(x)||_inf over the domain.
-
-    Starts from ``starts`` (e.g. the test points with the largest error, projected onto the
-    domain) and ``restarts`` random points (``search_starts``); each step follows the gradient of
-    the currently largest output deviation (``ascend``, in groups of ``ASCENT_GROUP`` points).
-    Returns the inputs found, [M, d] (float64).
-    """
-    return ascend_in_groups(target, eff, domain,
-                            search_starts(target.dims[0], domain, starts, restarts, seed), steps)
-
-
 def ascend_in_groups(target: MLP, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarray,
                      steps: int) -> np.ndarray:
-    """``ascend`` over x0 [M, d] in consecutive groups of ``ASCENT_GROUP`` rows."""
+    """Projected gradient ascent on ||F(x) - G_hat(x)||_inf over the domain from each row of x0
+    [M, d] (``search_starts``): ``ascend`` in consecutive groups of ``ASCENT_GROUP`` rows."""
     return np.concatenate([ascend(target, eff, domain, x0[i:i + ASCENT_GROUP], steps)
                            for i in range(0, len(x0), ASCENT_GROUP)] or [x0])
 

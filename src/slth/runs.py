@@ -44,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import SlthError
+from .jsonio import jsonable, write_json
 from .targets import MLP, load_target
 
 CHUNK_WEIGHTS = 65_536   # target weights per chunk: ~0.3 s at n = 8, ~9 s at n = 21 on one core
@@ -86,7 +87,7 @@ def settings_key(target: MLP, method: str, settings: dict, domain, data: str | N
 
 
 def settings_hash(key: dict) -> str:
-    text = json.dumps(key, sort_keys=True, default=_jsonable)
+    text = json.dumps(jsonable(key), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -243,7 +244,7 @@ def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: d
             plan = json.loads((folder / "settings.json").read_text()).get("chunk_rows_per_layer")
         else:
             plan = rows_per_chunk(target.dims, chunk_weights) if chunked else None
-            _write_json(folder / "settings.json", {**key, "chunk_rows_per_layer": plan,
+            write_json(folder / "settings.json", {**key, "chunk_rows_per_layer": plan,
                                                   "created": time.strftime("%Y-%m-%d %H:%M:%S")})
         where = (f"{workers} local Dask workers" if workers else
                  f"Dask scheduler {scheduler}" if scheduler else "this process")
@@ -272,7 +273,7 @@ def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: d
         report.update(seconds=time.perf_counter() - t_start,
                       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                       data=data, target=target_label, run=_run_summary(folder, stats, where))
-        _write_json(folder / "report.json", report)   # last: its presence marks the run finished
+        write_json(folder / "report.json", report)   # last: its presence marks the run finished
         shutil.rmtree(folder / "chunks", ignore_errors=True)
         log(f"finished in {report['seconds']:.1f} s: {stats.get('chunks_computed')} chunks "
             f"computed, {stats.get('chunks_reused')} reused")
@@ -462,7 +463,7 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
         from .ticket import load_ticket
         load_ticket(folder / "ticket.safetensors").save_compact(
             folder / "ticket.compact.safetensors")
-    _write_json(folder / "sparsity_report.json", sparsity)
+    write_json(folder / "sparsity_report.json", sparsity)
     stats["save_seconds"] = time.perf_counter() - t3
     return report
 
@@ -488,7 +489,7 @@ def _finish(folder, target, con, domain, ds, seed, compact, say, stats,
     con.ticket.save(folder / "ticket.safetensors")
     if compact:
         con.ticket.save_compact(folder / "ticket.compact.safetensors")
-    _write_json(folder / "sparsity_report.json", con.ticket.sparsity_report())
+    write_json(folder / "sparsity_report.json", con.ticket.sparsity_report())
     stats["save_seconds"] = time.perf_counter() - t1
     return rep
 
@@ -550,23 +551,3 @@ class _locked:
     def __exit__(self, *exc):
         fcntl.flock(self.f, fcntl.LOCK_UN)
         self.f.close()
-
-
-def _jsonable(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, (np.ndarray, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)

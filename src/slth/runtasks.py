@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from .constructions.pensia import (combine_rows, draw_in, draw_out, solve_rows, widen_biases,
-                                   widen_weight_rows, widen_weights)
+from .constructions.pensia import (combine_rows, draw_in, draw_out, signed_in_weights, solve_rows,
+                                   widen_biases, widen_weight_rows, widen_weights)
 from .ticket import combine_effective, put_rows
 
 
@@ -97,7 +97,7 @@ def gadget_inputs(a: np.ndarray, beta: np.ndarray | None):
     (Neurons no output uses are pruned in G; no combine row selects them, so their entries here
     never count.)"""
     _, n, d_in = a.shape
-    sa = (np.array([1.0, -1.0])[:, None, None] * a).astype(np.float32).astype(np.float64)
+    sa = signed_in_weights(a).astype(np.float64)
     col = np.repeat(np.arange(d_in), 2 * n)
     av = np.transpose(sa, (2, 0, 1)).reshape(-1)
     bv = np.zeros(2 * n * d_in)
@@ -166,12 +166,10 @@ def _read_rows(slot: tuple, r0: int, r1: int) -> np.ndarray:
 def _widen_kept(a, beta, used, bias_used):
     """Kept in-weight of each block neuron [2 n d_in] (row order of G; 0 where pruned) and kept
     bias-block biases [n] (or None), as float64 from G's float32."""
-    sa = (np.array([1.0, -1.0])[:, None, None] * a).astype(np.float32).astype(np.float64)
-    w = np.where(np.transpose(used, (1, 0, 2)), np.transpose(sa, (2, 0, 1)), 0.0).reshape(-1)
-    Ub = None
-    if bias_used is not None:
-        Ub = np.where(bias_used, beta.astype(np.float32).astype(np.float64), 0.0)
-    return w, Ub
+    _, av, bv = gadget_inputs(a, beta)
+    m = used.size
+    w = np.where(np.transpose(used, (1, 0, 2)).reshape(-1), av[:m], 0.0)
+    return w, None if bias_used is None else np.where(bias_used, bv[m:], 0.0)
 
 
 def _where() -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SlthError
+from .jsonio import jsonable
 
 FORMAT = "slth-ticket"
 FORMAT_VERSION = "1"
@@ -209,21 +210,11 @@ class Ticket:
         _atomic_save(save_file, tensors, path, _metadata(self.meta, compact=True))
 
 
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
 def _metadata(meta: dict, compact: bool = False) -> dict:
     # one key only: safetensors writes its metadata map in no fixed order, and tickets
     # must be byte-identical for the same seed and settings
     head = {"format": FORMAT, "version": FORMAT_VERSION, "compact": compact, "meta": meta}
-    return {"slth": json.dumps(head, sort_keys=True, default=_json_default)}
+    return {"slth": json.dumps(jsonable(head), sort_keys=True)}
 
 
 def _atomic_save(save_file, tensors, path, metadata):

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from ..errors import SlthError
 from . import bench_app
-from ._common import console, peak_rss_mb, progress_bar, write_json
+from ..jsonio import write_json
+from ._common import console, peak_rss_mb, progress_bar
 
 BACKENDS = {"gurobi", "highs"}
 

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..errors import SlthError
 from . import app
-from ._common import (atomic_output_dir, console, parse_int_list, peak_rss_mb, progress_bar,
-                      write_json)
+from ..jsonio import write_json
+from ._common import atomic_output_dir, console, parse_int_list, peak_rss_mb, progress_bar
 
 
 def data_options(f):

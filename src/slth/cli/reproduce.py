@@ -9,7 +9,8 @@ from rich.table import Table
 
 from ..errors import SlthError
 from . import reproduce_app
-from ._common import console, peak_rss_mb, progress_bar, write_json
+from ..jsonio import write_json
+from ._common import console, peak_rss_mb, progress_bar
 from .construct import data_options
 
 

@@ -12,8 +12,9 @@ from rich.table import Table
 
 from ..errors import SlthError
 from . import app, bench_app, reproduce_app
+from ..jsonio import write_json
 from ._common import (atomic_output_dir, console, parse_float_list, parse_int_list, peak_rss_mb,
-                      progress_bar, write_json)
+                      progress_bar)
 from .construct import data_options
 
 DATA = click.Choice(["digits", "fashion-mnist", "mnist"])

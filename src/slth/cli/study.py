@@ -9,8 +9,9 @@ from rich.table import Table
 
 from ..errors import SlthError
 from . import study_app
+from ..jsonio import write_json
 from ._common import (atomic_output_dir, console, parse_float_list, parse_int_list, peak_rss_mb,
-                      progress_bar, write_json)
+                      progress_bar)
 
 
 def _fmt(v, spec=".3g"):

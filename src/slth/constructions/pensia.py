@@ -162,13 +162,18 @@ def widen_weight_rows(a: np.ndarray, has_bias: bool, seed: int, layer: int,
     _, n, d_in = a.shape
     m = 2 * n * d_in + (n if has_bias else 0)
     g = stream(seed, layer, FILL_W, 0, 0, 0)
-    vals = (np.array([1.0, -1.0])[:, None, None] * a).astype(np.float32)    # [2, n, d_in]
+    vals = signed_in_weights(a)
     for r0 in range(0, m, block or m):
         U = g.uniform(-1.0, 1.0, (min(m, r0 + (block or m)) - r0, d_in)).astype(np.float32)
         r = np.arange(r0, min(r0 + len(U), 2 * n * d_in))         # block neurons among them
         j, h, t = r // (2 * n), (r // n) % 2, r % n
         U[r - r0, j] = vals[h, t, j]
         yield r0, U
+
+
+def signed_in_weights(a: np.ndarray) -> np.ndarray:
+    """G's in-weights of the block neurons, float32 [2, n, d_in]: +a (positive half), -a."""
+    return (np.array([1.0, -1.0])[:, None, None] * a).astype(np.float32)
 
 
 def widen_biases(beta: np.ndarray | None, m_blocks: int, seed: int, layer: int):

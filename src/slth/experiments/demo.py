@@ -17,7 +17,6 @@ Steps (each a call into the library; the demo adds no method of its own):
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ import numpy as np
 from ..certify import Domain
 from ..data import load_dataset
 from ..htmlreport import HtmlReport
+from ..jsonio import write_json
 from ..targets import TrainConfig, train_target
 from . import compare as C
 from . import exp2 as E2
@@ -145,7 +145,7 @@ def run(out: Path, s: DemoSettings, progress=None) -> dict:
     }
     summary["seconds"]["total"] = time.perf_counter() - t_start
     html_report(summary, out).save(out / "report.html")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_item) + "\n")
+    write_json(out / "summary.json", summary, indent=1)
     return summary
 
 
@@ -162,13 +162,6 @@ def _construction_row(r: dict) -> dict:
             "theory_size": theory, "seconds": r["seconds"],
             "neurons_per_target_weight": r["neurons_per_target_weight"],
             **{k: rep.get(k) for k in keys}}
-
-
-def _item(o):
-    """JSON for numpy scalars (the only non-JSON values in the summary)."""
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _pct(v):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 from ..certify import Domain
 from ..constructions import construct

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import SlthError
+from ..jsonio import write_json
 from ..search.models import build, check_choice, MODELS
 from ..search.supermask import check_density
 from ..search.train import SearchConfig, fit
@@ -149,22 +150,15 @@ def sweep(data, st: Exp2Settings, models, densities, out: Path, progress=None,
         if progress:
             progress(key, i, len(todo), 0, per_run_steps)
         state["runs"][key] = one_run(data, st, m, s, d, progress=say)
-        write_json(path, state)
+        write_json(path, state, indent=1)
         if on_run:
             on_run(key, state["runs"][key])
     state["summary"] = summarise(state, models, densities)
     state["sweep_seconds_this_call"] = time.perf_counter() - t0
-    write_json(path, state)
+    write_json(path, state, indent=1)
     for m in models:
         plot_model(state, m, out / f"{m}.png")
     return state
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically (temp file, then rename): a kill never leaves half a file."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def summarise(state: dict, models, densities) -> list[dict]:

@@ -19,7 +19,6 @@ Every draw comes from numpy generators seeded with (seed, d, N, purpose).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 

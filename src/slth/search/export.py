@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..errors import SlthError
+from ..jsonio import jsonable
 from ..ticket import Layer, Ticket
 from .supermask import SupermaskConv2d, SupermaskCopies, SupermaskLinear
 
@@ -184,14 +185,8 @@ def save_module(seq: nn.Sequential, arch: list[dict], path: str | os.PathLike,
     head = {"format": FORMAT, "version": "1", "arch": arch, "meta": meta or {}}
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    save_file(tensors, str(tmp), metadata={"slth": json.dumps(head, sort_keys=True, default=_plain)})
+    save_file(tensors, str(tmp), metadata={"slth": json.dumps(jsonable(head), sort_keys=True)})
     os.replace(tmp, path)
-
-
-def _plain(o):
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
 def load_module(path: str | os.PathLike) -> tuple[nn.Sequential, dict]:
