@@ -91,10 +91,12 @@ def n_workers(client) -> int:
 
 class Pool:
     """Where a run's tasks go: this process, one after another (``client`` None), or the Dask
-    cluster behind ``client``."""
+    cluster behind ``client``. ``shared_fs``: the tasks see this process's files (this process,
+    or local workers), so they may write their results into its files themselves."""
 
-    def __init__(self, client=None):
+    def __init__(self, client=None, shared_fs: bool = True):
         self.client = client
+        self.shared_fs = shared_fs
 
     def share(self, obj):
         """``obj`` as task arguments should carry it: itself here; on Dask, a future of one
@@ -114,6 +116,20 @@ class Pool:
         for job in jobs:
             fn, args = call_of(job)
             yield job, fn(*args)
+
+
+@contextlib.contextmanager
+def pool_for(workers: int | None = None, scheduler: str | None = None,
+             on_start: Callable | None = None):
+    """A ``Pool``: this process when neither ``workers`` nor ``scheduler`` is given, else the
+    cluster of ``client_for`` (``on_start(client)`` is called once it is up)."""
+    if not (workers or scheduler):
+        yield Pool()
+        return
+    with client_for(workers, scheduler) as client:
+        if on_start is not None:
+            on_start(client)
+        yield Pool(client, shared_fs=bool(workers))
 
 
 def run_tasks(client, jobs: Iterable, call_of: Callable) -> Iterator[tuple[object, object]]:

@@ -43,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 
+from .distributed import n_workers, pool_for, probe
 from .errors import SlthError
 from .jsonio import jsonable, write_json
 from .targets import MLP, load_target
@@ -221,7 +222,6 @@ def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: d
         settings["n"] = _pensia_sizes(settings["n"], target.depth)
         settings.setdefault("prune_dead", False)
     if scheduler is not None:   # fail before touching the disk
-        from .distributed import probe
         probe(scheduler)
     key = settings_key(target, method, settings, domain, data)
     folder = Path(runs_dir) / f"{method}-{settings_hash(key)}"
@@ -253,9 +253,19 @@ def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: d
         try:
             if chunked:
                 store = ChunkStore(folder / "chunks", log)
-                report = _pensia_chunked(target, settings, plan_chunks(target.dims, plan), store,
-                                         log, say, stats, workers, scheduler, threads, folder,
-                                         domain, ds, compact, evaluate_options or {})
+                t0 = time.perf_counter()
+
+                def started(client):
+                    stats["cluster_start_seconds"] = time.perf_counter() - t0
+                    log(f"Dask cluster with {n_workers(client)} workers at "
+                        f"{client.scheduler.address} (dashboard {client.dashboard_link})")
+
+                with pool_for(workers, scheduler, started) as pool:
+                    report = _pensia_tasks(pool, target, settings, plan_chunks(target.dims, plan),
+                                           store, log, say, stats,
+                                           threads if pool.client is None else 1, folder,
+                                           domain, ds, compact, evaluate_options or {},
+                                           key["target_fingerprint"])
             else:
                 if workers or scheduler:
                     log("only pensia with n is split into chunks: this run uses one process")
@@ -289,31 +299,12 @@ def _pensia_sizes(n, depth: int) -> list[int]:
     return ns
 
 
-def _pensia_chunked(target, settings, chunks, store, log, say, stats, workers, scheduler,
-                    threads, folder, domain, ds, compact, evaluate_options) -> dict:
-    """Pensia's construction as tasks (``slth.runtasks``) on this process or a Dask cluster:
-    solve every chunk (reusing verified chunk files), write G's rows into the ticket file as
-    they arrive, then certify and measure the ticket with the same tasks' help. The client
-    holds only the effective form (target-sized), never G. Returns the report."""
-    from .distributed import Pool, client_for, n_workers
-
-    t0 = time.perf_counter()
-    if workers or scheduler:
-        with client_for(workers, scheduler) as client:
-            stats["cluster_start_seconds"] = time.perf_counter() - t0
-            log(f"Dask cluster with {n_workers(client)} workers at {client.scheduler.address} "
-                f"(dashboard {client.dashboard_link})")
-            # local workers share this file system: they write G's rows into the ticket file
-            # themselves; remote ones send them here
-            return _pensia_tasks(Pool(client), target, settings, chunks, store, log, say, stats,
-                                 1, folder, domain, ds, compact, evaluate_options,
-                                 shared_fs=bool(workers))
-    return _pensia_tasks(Pool(), target, settings, chunks, store, log, say, stats, threads,
-                         folder, domain, ds, compact, evaluate_options, shared_fs=True)
-
-
 def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, threads, folder,
-                  domain, ds, compact, evaluate_options, shared_fs) -> dict:
+                  domain, ds, compact, evaluate_options, fingerprint) -> dict:
+    """Pensia's construction as tasks (``slth.runtasks``) on ``pool``: solve every chunk
+    (reusing verified chunk files), write G's rows into the ticket file as they arrive, then
+    certify and measure the ticket with the same tasks' help. The client holds only the
+    effective form (target-sized), never G. Returns the report."""
     from . import runtasks
     from .constructions.pensia import widen_bias_mask, widen_mask_index
     from .report import evaluate_parts
@@ -333,8 +324,9 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
     states = {}
 
     def take(ch, state):
-        """Fold a chunk's state into the effective form, the used neurons and the errors."""
-        states[ch] = state
+        """Fold a chunk's state into the effective form, the used neurons and the errors; keep
+        its masks (what later tasks need of it)."""
+        states[ch] = _masks(state)
         e, i = eff[ch.layer], ch.layer
         e.pos[ch.r0:ch.r1], e.neg[ch.r0:ch.r1], e.bias[ch.r0:ch.r1] = (state["pos"], state["neg"],
                                                                        state["bias"])
@@ -359,7 +351,7 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
     say("SubsetSum chunks", reused, len(chunks))
     meta = {"method": "pensia", "seed": seed, "n_per_layer": ns, "target_dims": dims,
             "target_has_bias": target.has_bias, "prune_dead": prune_dead,
-            "target_fingerprint": target.fingerprint()}
+            "target_fingerprint": fingerprint}
     shapes = [s for i in range(L) for s in (((m[i], dims[i]), has_bias[i]),
                                             ((dims[i + 1], m[i]), False))]
 
@@ -370,7 +362,7 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
         def slots(i, *names):
             """Where workers write (and read) rows of ticket layer i; None: they send them."""
             return tuple(f.slot(f"{i}.{k}") if f"{i}.{k}" in f.where else None
-                         for k in names) if shared_fs else None
+                         for k in names) if pool.shared_fs else None
 
         def call_of(job):
             kind, x = job
@@ -381,7 +373,7 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
             return runtasks.build_chunk, (target.weights[x.layer][x.r0:x.r1],
                                           None if c is None else c[x.r0:x.r1], ns[x.layer], seed,
                                           x.layer, x.r0, x.r1, halves[x.layer], threads,
-                                          _masks(states.get(x)), slots(4 * x.layer + 2, "weight_orig",
+                                          states.get(x), slots(4 * x.layer + 2, "weight_orig",
                                                                "weight_mask"))
 
         jobs = [("widen", i) for i in range(L)] + [("chunk", ch) for ch in chunks]
@@ -439,7 +431,7 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
                 own = [ch for ch in chunks if ch.layer == i]
                 groups = [own[k:k + LITERAL_GROUP] for k in range(0, len(own), LITERAL_GROUP)]
                 for g, rows in pool.map(range(len(groups)), lambda g: (runtasks.literal_rows, (
-                        hx, ns[i], seed, i, [(ch.r0, ch.r1, _masks(states[ch]))
+                        hx, ns[i], seed, i, [(ch.r0, ch.r1, states[ch])
                                              for ch in groups[g]], used[i], bias_used[i], sl))):
                     for ch, r in zip(groups[g], rows):
                         out[:, ch.r0:ch.r1] = r
@@ -468,9 +460,9 @@ def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, thread
     return report
 
 
-def _masks(state: dict | None) -> dict | None:
-    """The masks of a chunk state (what tasks need of an earlier attempt's answers)."""
-    return None if state is None else {k: state[k] for k in ("mask", "bias_mask") if k in state}
+def _masks(state: dict) -> dict:
+    """The masks of a chunk state (what tasks need of a chunk's answers)."""
+    return {k: state[k] for k in ("mask", "bias_mask") if k in state}
 
 
 def _finish(folder, target, con, domain, ds, seed, compact, say, stats,
