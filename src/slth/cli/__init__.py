@@ -80,6 +80,7 @@ def _entry() -> None:  # pragma: no cover
 # command modules register themselves on import
 from . import bench  # noqa: E402,F401
 from . import construct  # noqa: E402,F401
+from . import train  # noqa: E402,F401
 from . import demo  # noqa: E402,F401
 from . import reproduce  # noqa: E402,F401
 from . import search  # noqa: E402,F401  (issue 5: search, plant, reproduce pensia-exp2)

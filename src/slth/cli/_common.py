@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import click
+
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
@@ -86,3 +88,19 @@ def fail(msg: str) -> None:
 
 def stderr_line(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def data_options(f):
+    f = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                     help="Folder with the IDX files (fashion-mnist defaults to "
+                          "/usr/share/datasets/fashion-mnist).")(f)
+    return f
+
+
+def domain_options(f):
+    f = click.option("--radius", type=float, default=1.0, show_default=True,
+                     help="Radius R of the ball domain.")(f)
+    f = click.option("--domain", type=click.Choice(["box", "ball"]), default="box",
+                     show_default=True, help="Certified input set: box [0,1]^d (images) or the "
+                                             "ball ||x|| <= R of the theorems.")(f)
+    return f

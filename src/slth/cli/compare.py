@@ -11,7 +11,7 @@ from ..errors import SlthError
 from . import app
 from ..jsonio import write_json
 from ._common import atomic_output_dir, console, peak_rss_mb, progress_bar
-from .construct import data_options, domain_options
+from ._common import data_options, domain_options
 
 
 @app.command("compare")

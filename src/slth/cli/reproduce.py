@@ -11,7 +11,7 @@ from ..errors import SlthError
 from . import reproduce_app
 from ..jsonio import write_json
 from ._common import console, peak_rss_mb, progress_bar
-from .construct import data_options
+from ._common import data_options
 
 
 @reproduce_app.command("pensia-exp1")

@@ -15,7 +15,7 @@ from . import app, bench_app, reproduce_app
 from ..jsonio import write_json
 from ._common import (atomic_output_dir, console, parse_float_list, parse_int_list, peak_rss_mb,
                       progress_bar)
-from .construct import data_options
+from ._common import data_options
 
 DATA = click.Choice(["digits", "fashion-mnist", "mnist"])
 MODEL_CHOICES = ["fc2", "fc4", "lenet5"]
