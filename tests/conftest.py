@@ -16,3 +16,9 @@ def run_cli(capsys):
         return code, out, err
 
     return _run
+
+
+@pytest.fixture(autouse=True)
+def _runs_dir(tmp_path, monkeypatch):
+    """Run folders of CLI calls without --runs-dir go to a temporary folder, not ./runs."""
+    monkeypatch.setenv("SLTH_RUNS_DIR", str(tmp_path / "runs"))

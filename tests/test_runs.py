@@ -135,11 +135,19 @@ def test_corrupted_chunk_file_is_detected_and_recomputed(target, reference_bytes
     assert run.ticket_path.read_bytes() == reference_bytes
 
 
-def test_eps_mode_and_other_methods_run_as_one_piece_in_a_run_folder(target, tmp_path):
+def test_eps_mode_runs_in_chunks_too_and_gives_the_ticket_of_the_sizes_it_found(target, tmp_path):
     run = execute(target, "pensia", {"eps": 2.0, "seed": 0}, runs_dir=tmp_path,
-                  evaluate_options=FAST)
-    assert run.report["certified_bound"] <= 2.0
-    assert run.stats["chunks_total"] == 1 and (run.folder / "ticket.safetensors").exists()
+                  chunk_weights=CHUNK, evaluate_options=FAST)
+    assert run.report["certified_bound"] <= 2.0 and (run.folder / "ticket.safetensors").exists()
+    ns = run.report["n_per_layer"]
+    assert run.stats["chunks_total"] >= 13        # every size tried, chunk by chunk
+    p = tmp_path / "by_n.safetensors"
+    construct(target, n=ns, seed=0).ticket.save(p)
+    assert run.ticket_path.read_bytes() != b"" and p.exists()
+    from slth.ticket import load_ticket
+    a, b = load_ticket(run.ticket_path), load_ticket(p)
+    for x, y in zip(a.layers, b.layers):      # the same G and masks as building at those sizes
+        assert np.array_equal(x.weight, y.weight) and np.array_equal(x.mask, y.mask)
 
 
 def test_runs_list_shows_finished_and_interrupted_runs(target, tmp_path, run_cli):

@@ -13,8 +13,6 @@ ascent) are recomputed with the literal layer-by-layer network.
 from __future__ import annotations
 
 import time
-from importlib import import_module
-
 import numpy as np
 
 from .certify import (Domain, ascend_in_groups, bound_details, effective_forward,
@@ -51,20 +49,22 @@ def evaluate(target: MLP, con: Construction, domain: Domain, data=None, *, seed:
 def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], eff, literal,
                    domain: Domain, data=None, *, seed: int = 0, restarts: int = 32,
                    steps: int = 100, starts_from_data: int = 32, literal_check: int = 500,
-                   ascend_all=None, progress=None) -> dict:
+                   ascend_all=None, certificate: dict | None = None, progress=None) -> dict:
     """``evaluate`` from a ticket's parts, for tickets never held in memory whole: its
     ``sparsity_report``, widths, effective form ``eff`` and ``literal(x [N, d]) -> [N, d_out]``
     (the masked network run layer by layer). ascend_all(x0 [M, d], steps) -> [M, d] runs the
-    gradient ascent (default: ``certify.ascend`` here, in groups of ``ASCENT_GROUP``)."""
+    gradient ascent (default: ``certify.ascend`` here, in groups of ``ASCENT_GROUP``).
+    certificate: ``bound_details`` of ``eff`` on ``domain`` if already computed. The theory's
+    sizes come from ``info`` (the construction computed them)."""
     say = progress or (lambda msg: None)
-    bound_det = bound_details(target, eff, domain)
+    bound_det = certificate or bound_details(target, eff, domain)
     bound = bound_det["certified_bound"]
     rep = {
         "method": info.get("method"),
         "eps": info.get("eps"),
         "domain": domain.as_dict(),
         "seed": seed,
-        "target_dims": target.dims,
+        "target_dims": getattr(target, "dims", None),
         "target_params": target.n_params,
         "random_params": sparsity["params"],
         "active_params": sparsity["active"],
@@ -79,12 +79,6 @@ def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], e
     rep["certified_bound"] = bound
     rep["per_layer_deviation_bound"] = bound_det["per_layer_deviation"]
     rep["unstable_units"] = bound_det["unstable_units"]
-    try:
-        theory = import_module(f".constructions.{rep['method']}", __package__).theory(
-            target, rep["eps"] if rep["eps"] else bound)
-        rep.update(theory)
-    except (AttributeError, ModuleNotFoundError):
-        pass
 
     def folded(x):
         """The same masked network read through its effective form (reassociated sums)."""

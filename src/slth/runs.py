@@ -46,23 +46,10 @@ import numpy as np
 from .distributed import n_workers, pool_for, probe
 from .errors import SlthError
 from .jsonio import jsonable, write_json
-from .targets import MLP, load_target
+from .pipeline import CHUNK_WEIGHTS, Chunk, layer_shapes, plan_chunks, rows_per_chunk
+from .targets import load_target
 
-CHUNK_WEIGHTS = 65_536   # target weights per chunk: ~0.3 s at n = 8, ~9 s at n = 21 on one core
-LITERAL_GROUP = 8        # chunks per literal-check task
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Output rows r0:r1 of target layer ``layer``."""
-
-    layer: int
-    r0: int
-    r1: int
-
-    @property
-    def name(self) -> str:
-        return f"L{self.layer}-{self.r0:07d}-{self.r1:07d}"
+LITERAL_ROWS = 4096      # rows of one tensor of G per literal-check task
 
 
 @dataclass
@@ -80,7 +67,7 @@ class Run:
 
 
 # ------------------------------------------------------------------ settings and folders
-def settings_key(target: MLP, method: str, settings: dict, domain, data: str | None) -> dict:
+def settings_key(target, method: str, settings: dict, domain, data: str | None) -> dict:
     """What a run's result depends on (not: workers, scheduler, threads, chunk size, paths)."""
     return {"method": method, "target_fingerprint": target.fingerprint(),
             "target_dims": target.dims, "settings": settings,
@@ -90,22 +77,6 @@ def settings_key(target: MLP, method: str, settings: dict, domain, data: str | N
 def settings_hash(key: dict) -> str:
     text = json.dumps(jsonable(key), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def rows_per_chunk(dims: list[int], chunk_weights: int = CHUNK_WEIGHTS) -> list[int]:
-    """Per layer, the output rows of one chunk: each layer is cut into equal chunks of at most
-    about ``chunk_weights`` target weights (at least one row)."""
-    out = []
-    for d_in, d_out in zip(dims[:-1], dims[1:]):
-        k = -(-d_in * d_out // max(1, chunk_weights))     # number of chunks
-        out.append(-(-d_out // k))
-    return out
-
-
-def plan_chunks(dims: list[int], rows: list[int]) -> list[Chunk]:
-    """The chunks of a target with layer widths ``dims``, ``rows[i]`` output rows each."""
-    return [Chunk(i, r, min(d_out, r + rows[i])) for i, d_out in enumerate(dims[1:])
-            for r in range(0, d_out, rows[i])]
 
 
 class RunLog:
@@ -181,7 +152,7 @@ def _read_verified(path: Path, expect: dict[str, tuple]) -> dict[str, np.ndarray
 
 
 # ------------------------------------------------------------------ the run
-def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: dict | None = None,
+def execute(target, method: str = "pensia", settings: dict | None = None,
             *, domain=None, data: str | None = None, data_dir=None,
             runs_dir: str | os.PathLike = "runs", workers: int | None = None,
             scheduler: str | None = None, threads: int | None = None,
@@ -191,39 +162,39 @@ def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: d
     """Build, certify and save a ticket in ``runs_dir/<method>-<hash>/``, resuming what a
     previous call left there; a finished run is returned as it is.
 
-    settings: the construction's keywords (``n`` or ``eps``, ``seed``, method options).
+    settings: ``n`` or ``eps``, ``seed`` and the method's settings (``slth.constructions``).
     data: dataset name for the report's accuracy figures (``slth.data``), or None.
     workers / scheduler: a LocalCluster of that many single-threaded workers, or an existing
     Dask scheduler's address; neither: this process, ``threads`` numba threads (None: all cores).
-    evaluate_options: keywords for ``report.evaluate`` (e.g. restarts, steps of the gradient
+    evaluate_options: keywords for ``report.evaluate_parts`` (restarts, steps of the gradient
     ascent); they change only the report's search for large errors, so they are not hashed.
     progress(message, done, total): called as work proceeds (done/total in chunks, or None).
     """
     from .certify import Domain
+    from .constructions import get
 
     t_start = time.perf_counter()
     say = progress or (lambda msg, done=None, total=None: None)
     target_label = None
-    if not isinstance(target, MLP):
+    if not hasattr(target, "weights"):
         target_label = str(target)
         target = load_target(target)
     domain = domain or Domain()
-    ds = None
-    if data:
-        from .data import load_dataset
-        ds = load_dataset(data, data_dir)
-        if ds.dim != target.dims[0]:
-            raise SlthError(f"{data} has {ds.dim} inputs but the target expects "
-                            f"{target.dims[0]}; pick the data the target was trained on")
+    ds = _dataset(data, data_dir, target)
     settings = dict(settings or {})
-    settings.setdefault("seed", 0)
-    chunked = method == "pensia" and settings.get("n") is not None
-    if chunked:
-        settings["n"] = _pensia_sizes(settings["n"], target.depth)
-        settings.setdefault("prune_dead", False)
+    seed = int(settings.pop("seed", 0))
+    n, eps = settings.pop("n", None), settings.pop("eps", None)
+    m = get(method, **settings)
+    if n is not None:
+        n = m.check_sizes(target, n)
     if scheduler is not None:   # fail before touching the disk
         probe(scheduler)
-    key = settings_key(target, method, settings, domain, data)
+    key = settings_key(target, method, {"n": n, "eps": eps, "seed": seed, **m.options()},
+                       domain, data)
+    if n is None:
+        key["settings"].pop("n")
+    else:
+        key["settings"].pop("eps")
     folder = Path(runs_dir) / f"{method}-{settings_hash(key)}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -233,50 +204,21 @@ def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: d
     with _locked(folder):
         log = RunLog(folder / "run.log")
         if (folder / "report.json").exists():
-            log("asked again: run already finished, not recomputed")
-            if compact and not (folder / "ticket.compact.safetensors").exists():
-                from .ticket import load_ticket
-                load_ticket(folder / "ticket.safetensors").save_compact(
-                    folder / "ticket.compact.safetensors")
-            report = json.loads((folder / "report.json").read_text())
-            return Run(folder, report, {"finished_before": True})
+            return _finished(folder, log, compact)
         if (folder / "settings.json").exists():
-            plan = json.loads((folder / "settings.json").read_text()).get("chunk_rows_per_layer")
+            rows = json.loads((folder / "settings.json").read_text()).get("chunk_rows_per_layer")
         else:
-            plan = rows_per_chunk(target.dims, chunk_weights) if chunked else None
-            write_json(folder / "settings.json", {**key, "chunk_rows_per_layer": plan,
+            from .constructions.base import target_layers
+            rows = rows_per_chunk(layer_shapes(target_layers(target)), chunk_weights)
+            write_json(folder / "settings.json", {**key, "chunk_rows_per_layer": rows,
                                                   "created": time.strftime("%Y-%m-%d %H:%M:%S")})
         where = (f"{workers} local Dask workers" if workers else
                  f"Dask scheduler {scheduler}" if scheduler else "this process")
-        log(f"start: {method} {settings} on {where}")
-        stats = {"finished_before": False}
+        log(f"start: {method} {key['settings']} on {where}")
         try:
-            if chunked:
-                store = ChunkStore(folder / "chunks", log)
-                t0 = time.perf_counter()
-
-                def started(client):
-                    stats["cluster_start_seconds"] = time.perf_counter() - t0
-                    log(f"Dask cluster with {n_workers(client)} workers at "
-                        f"{client.scheduler.address} (dashboard {client.dashboard_link})")
-
-                with pool_for(workers, scheduler, started) as pool:
-                    report = _pensia_tasks(pool, target, settings, plan_chunks(target.dims, plan),
-                                           store, log, say, stats,
-                                           threads if pool.client is None else 1, folder,
-                                           domain, ds, compact, evaluate_options or {},
-                                           key["target_fingerprint"])
-            else:
-                if workers or scheduler:
-                    log("only pensia with n is split into chunks: this run uses one process")
-                from .constructions import construct
-                t0 = time.perf_counter()
-                con = construct(target, method=method, domain=domain,
-                                progress=lambda m: say(m, None, None), **settings)
-                stats.update(chunks_total=1, chunks_reused=0, chunks_computed=1,
-                             chunk_seconds=[time.perf_counter() - t0])
-                report = _finish(folder, target, con, domain, ds, settings["seed"],
-                                 compact, say, stats, evaluate_options or {})
+            report, stats = _build_in_folder(folder, target, m, n, eps, seed, domain, ds, rows,
+                                             log, say, workers, scheduler, threads, compact,
+                                             evaluate_options or {})
         except BaseException as e:
             log(f"stopped: {type(e).__name__}: {str(e)[:200]}")
             raise
@@ -290,200 +232,116 @@ def execute(target: MLP | str | os.PathLike, method: str = "pensia", settings: d
         return Run(folder, report, stats)
 
 
-def _pensia_sizes(n, depth: int) -> list[int]:
-    ns = [int(n)] * depth if np.ndim(n) == 0 else [int(k) for k in n]
-    if len(ns) != depth:
-        raise SlthError(f"--n gave {len(ns)} sizes for a target of {depth} layers")
-    if any(not 1 <= k <= 40 for k in ns):
-        raise SlthError(f"block sizes must be between 1 and 40, got {ns}")
-    return ns
+def _dataset(data, data_dir, target):
+    if not data:
+        return None
+    from .data import load_dataset
+    ds = load_dataset(data, data_dir)
+    check_data_fits(ds, target, data)
+    return ds
 
 
-def _pensia_tasks(pool, target, settings, chunks, store, log, say, stats, threads, folder,
-                  domain, ds, compact, evaluate_options, fingerprint) -> dict:
-    """Pensia's construction as tasks (``slth.runtasks``) on ``pool``: solve every chunk
-    (reusing verified chunk files), write G's rows into the ticket file as they arrive, then
-    certify and measure the ticket with the same tasks' help. The client holds only the
-    effective form (target-sized), never G. Returns the report."""
-    from . import runtasks
-    from .constructions.pensia import widen_bias_mask, widen_mask_index
-    from .report import evaluate_parts
-    from .ticket import EffectiveLayer, TicketFile, sparsity_summary, ticket_specs
+def check_data_fits(ds, target, name: str) -> None:
+    """One place for the data/target dimension check."""
+    if ds is not None and ds.dim != target.in_dim:
+        raise SlthError(f"{name} has {ds.dim} inputs but the target expects "
+                        f"{target.in_dim}; pick the data the target was trained on")
 
-    ns, seed, prune_dead = settings["n"], settings["seed"], settings["prune_dead"]
-    L, dims = target.depth, target.dims
-    halves = [(0, 1) if (i == 0 or not prune_dead) else (0,) for i in range(L)]
-    has_bias = [c is not None for c in target.biases]
-    m = [2 * n * dims[i] + (n if has_bias[i] else 0) for i, n in enumerate(ns)]
-    eff = [EffectiveLayer(np.zeros((dims[i + 1], dims[i])), np.zeros((dims[i + 1], dims[i])),
-                          np.zeros(dims[i + 1])) for i in range(L)]
-    used = [np.zeros((2, dims[i], n), bool) for i, n in enumerate(ns)]
-    bias_used = [np.zeros(n, bool) if has_bias[i] else None for i, n in enumerate(ns)]
-    v_active = [0] * L
-    errors = np.zeros(2)
-    states = {}
 
-    def take(ch, state):
-        """Fold a chunk's state into the effective form, the used neurons and the errors; keep
-        its masks (what later tasks need of it)."""
-        states[ch] = _masks(state)
-        e, i = eff[ch.layer], ch.layer
-        e.pos[ch.r0:ch.r1], e.neg[ch.r0:ch.r1], e.bias[ch.r0:ch.r1] = (state["pos"], state["neg"],
-                                                                       state["bias"])
-        mask, bm = runtasks.unpack_masks(state, ns[i])
-        used[i] |= mask.any(axis=1)
-        v_active[i] += int(mask.sum())
-        if bm is not None:
-            bias_used[i] |= bm.any(axis=0)
-            v_active[i] += int(bm.sum())
-        np.maximum(errors, state["errors"], out=errors)
+def _finished(folder: Path, log, compact: bool) -> Run:
+    log("asked again: run already finished, not recomputed")
+    if compact and not (folder / "ticket.compact.safetensors").exists():
+        from .ticket import load_ticket
+        load_ticket(folder / "ticket.safetensors").save_compact(folder / "ticket.compact.safetensors")
+    return Run(folder, json.loads((folder / "report.json").read_text()), {"finished_before": True})
 
-    for ch in chunks:
-        state = store.load(ch, runtasks.state_shapes(ch.r1 - ch.r0, dims[ch.layer], ns[ch.layer],
-                                                     has_bias[ch.layer]))
-        if state is not None:
-            take(ch, state)
-    reused = len(states)
-    stats.update(chunks_total=len(chunks), chunks_reused=reused, chunks_computed=0,
-                 chunk_seconds=[], chunk_weights=[], chunks_corrupt=store.corrupt)
-    if reused:
-        log(f"resuming: {reused} of {len(chunks)} chunks already done")
-    say("SubsetSum chunks", reused, len(chunks))
-    meta = {"method": "pensia", "seed": seed, "n_per_layer": ns, "target_dims": dims,
-            "target_has_bias": target.has_bias, "prune_dead": prune_dead,
-            "target_fingerprint": fingerprint}
-    shapes = [s for i in range(L) for s in (((m[i], dims[i]), has_bias[i]),
-                                            ((dims[i + 1], m[i]), False))]
+
+def _build_in_folder(folder, target, m, n, eps, seed, domain, ds, rows, log, say, workers,
+                     scheduler, threads, compact, evaluate_options):
+    """The driver (``pipeline.build``) into the run folder's ticket file, then the report."""
+    from .pipeline import build
+    from .ticket import TicketFile
+
+    store = ChunkStore(folder / "chunks", log)
+    stats: dict = {"finished_before": False}
+    t0 = time.perf_counter()
+
+    def started(client):
+        stats["cluster_start_seconds"] = time.perf_counter() - t0
+        log(f"Dask cluster with {n_workers(client)} workers at "
+            f"{client.scheduler.address} (dashboard {client.dashboard_link})")
 
     for stale in folder.glob("ticket.safetensors.*.part"):   # left by a killed attempt
         stale.unlink()
-    t0 = time.perf_counter()
-    with TicketFile(folder / "ticket.safetensors", ticket_specs(shapes), meta) as f:
-        def slots(i, *names):
-            """Where workers write (and read) rows of ticket layer i; None: they send them."""
-            return tuple(f.slot(f"{i}.{k}") if f"{i}.{k}" in f.where else None
-                         for k in names) if pool.shared_fs else None
+    out: dict = {}
 
-        def call_of(job):
-            kind, x = job
-            if kind == "widen":
-                return runtasks.widen, (dims[x], ns[x], has_bias[x], seed, x,
-                                        slots(4 * x, "weight_orig", "bias_orig"))
-            c = target.biases[x.layer]
-            return runtasks.build_chunk, (target.weights[x.layer][x.r0:x.r1],
-                                          None if c is None else c[x.r0:x.r1], ns[x.layer], seed,
-                                          x.layer, x.r0, x.r1, halves[x.layer], threads,
-                                          states.get(x), slots(4 * x.layer + 2, "weight_orig",
-                                                               "weight_mask"))
-
-        jobs = [("widen", i) for i in range(L)] + [("chunk", ch) for ch in chunks]
-        for (kind, x), out in pool.map(jobs, call_of):
-            if kind == "widen":
-                Uw, Ub, secs, where = out
-                if Uw is not None:
-                    f.put(f"{4 * x}.weight_orig", Uw)
-                if Ub is not None:
-                    f.put(f"{4 * x}.bias_orig", Ub)
-                log(f"widen layer {x} drawn in {secs:.3f} s on {where}")
-                continue
-            state, rows, secs, where = out
-            if rows is not None:
-                f.put(f"{4 * x.layer + 2}.weight_orig", rows[0], x.r0)
-                f.put(f"{4 * x.layer + 2}.weight_mask", rows[1], x.r0)
-            if state is None:     # a chunk of an earlier attempt: its rows of G redrawn
-                continue
-            path = store.save(x, state)
-            take(x, state)
-            stats["chunks_computed"] += 1
-            stats["chunk_seconds"].append(secs)
-            stats["chunk_weights"].append((x.r1 - x.r0) * dims[x.layer])
-            log(f"chunk {x.name} computed in {secs:.3f} s on {where}: {path.name}")
-            say("SubsetSum chunks", len(states), len(chunks))
-        stats["chunks_seconds_wall"] = time.perf_counter() - t0
-        say("assembling the widen layers' masks", None, None)
-        t1 = time.perf_counter()
-        layers = []
-        for i in range(L):
-            f.set_true(f"{4 * i}.weight_mask", widen_mask_index(used[i]))   # the rest: zeros
-            if bias_used[i] is not None:
-                f.put(f"{4 * i}.bias_mask", widen_bias_mask(bias_used[i], m[i] - ns[i]))
-            u_active = int(used[i].sum()) + (0 if bias_used[i] is None else int(bias_used[i].sum()))
-            layers += [((m[i], dims[i]), m[i] * dims[i] + (m[i] if has_bias[i] else 0), u_active),
-                       ((dims[i + 1], m[i]), dims[i + 1] * m[i], v_active[i])]
-        f.sync()   # G is complete: on disk before the report's tasks run (not competing with them)
-        sparsity = sparsity_summary(layers)
-        stats["assemble_seconds"] = time.perf_counter() - t1
-        widths = [dims[0]] + [w for i in range(L) for w in (m[i], dims[i + 1])]
-        info = {"method": "pensia", "n_per_layer": ns,
-                "neurons_per_target_weight": [2 * k for k in ns], "width_per_layer": widths,
-                "max_weight_error": float(errors.max()),
-                "subsetsum_seconds": stats["chunks_seconds_wall"], "size_search": [], "eps": None}
+    def report(sink, built):
+        from .report import evaluate_parts
         t2 = time.perf_counter()
-        shared = {"target": pool.share(target), "eff": pool.share(eff)}
-
-        def literal(x):
-            """The masked network, layer pair by layer pair, each pair's rows as tasks (groups
-            of ``LITERAL_GROUP`` chunks)."""
-            h = np.asarray(x, np.float64)
-            for i in range(L):
-                hx, sl = pool.share(h), slots(4 * i + 2, "weight_orig", "weight_mask")
-                out = np.empty((len(h), dims[i + 1]))
-                own = [ch for ch in chunks if ch.layer == i]
-                groups = [own[k:k + LITERAL_GROUP] for k in range(0, len(own), LITERAL_GROUP)]
-                for g, rows in pool.map(range(len(groups)), lambda g: (runtasks.literal_rows, (
-                        hx, ns[i], seed, i, [(ch.r0, ch.r1, states[ch])
-                                             for ch in groups[g]], used[i], bias_used[i], sl))):
-                    for ch, r in zip(groups[g], rows):
-                        out[:, ch.r0:ch.r1] = r
-                h = np.maximum(out, 0.0) if i < L - 1 else out
-            return h
-
-        def ascend_all(x0, steps):
-            from .certify import ASCENT_GROUP, ascend
-            groups = list(range(0, len(x0), ASCENT_GROUP))
-            xs = dict(pool.map(groups, lambda g: (ascend, (
-                shared["target"], shared["eff"], domain, x0[g:g + ASCENT_GROUP], steps))))
-            return np.concatenate([xs[g] for g in groups] or [x0])
-
-        report = evaluate_parts(target, info, sparsity, widths, eff, literal, domain, ds,
-                                seed=seed, ascend_all=ascend_all,
-                                progress=lambda msg: say(msg, None, None), **evaluate_options)
+        out["report"] = evaluate_parts(
+            target, built.info, built.sparsity, built.layout.widths, built.effective,
+            literal_of(sink, built, pool), domain, ds, seed=seed, ascend_all=ascender(pool, target, built.effective, domain),
+            certificate=built.certificate, progress=lambda msg: say(msg, None, None),
+            **evaluate_options)
         stats["evaluate_seconds"] = time.perf_counter() - t2
         say("writing the ticket", None, None)
-        t3 = time.perf_counter()
+
+    with pool_for(workers, scheduler, started) as pool:
+        built = build(target, m, n=n, eps=eps, seed=seed, domain=domain, pool=pool,
+                      sink_of=lambda specs, meta: TicketFile(folder / "ticket.safetensors",
+                                                             specs, meta),
+                      store=store, chunk_rows=rows, threads=threads, log=log, say=say,
+                      then=report)
+    stats.update(built.stats)
+    t3 = time.perf_counter()
     if compact:
         from .ticket import load_ticket
         load_ticket(folder / "ticket.safetensors").save_compact(
             folder / "ticket.compact.safetensors")
-    write_json(folder / "sparsity_report.json", sparsity)
+    write_json(folder / "sparsity_report.json", built.sparsity)
     stats["save_seconds"] = time.perf_counter() - t3
-    return report
+    return out["report"], stats
 
 
-def _masks(state: dict) -> dict:
-    """The masks of a chunk state (what tasks need of a chunk's answers)."""
-    return {k: state[k] for k in ("mask", "bias_mask") if k in state}
+def literal_of(sink, built, pool):
+    """literal(x [N, d]) -> [N, d_out]: the masked network G run layer by layer from the ticket
+    file; each tensor's rows as tasks (groups of ``LITERAL_ROWS``) on local workers, else here."""
+    from .tasks import PARTS, literal_task
+
+    tensors = list(zip(built.layout.names, built.layout.tensors))
+
+    def literal(x):
+        h = np.asarray(x, np.float64)
+        for j, (name, (_, t)) in enumerate(tensors):
+            hin = np.maximum(h, 0.0) if j else h
+            slots = {p: sink.slot(f"{name}.{p}") if f"{name}.{p}" in sink.where else None
+                     for p in PARTS}
+            groups = [(r, min(t.shape[0], r + LITERAL_ROWS)) for r in range(0, t.shape[0],
+                                                                           LITERAL_ROWS)]
+            hx = pool.share(hin) if pool.shared_fs and pool.client is not None else hin
+            if pool.shared_fs:
+                parts = dict(pool.map(groups, lambda g: (literal_task, (hx, slots, *g, t.op,
+                                                                         t.attrs))))
+            else:   # the workers do not see the file: read it here
+                parts = {g: literal_task(hin, slots, *g, t.op, t.attrs) for g in groups}
+            h = np.concatenate([parts[g] for g in groups], axis=1)
+        return h
+
+    return literal
 
 
-def _finish(folder, target, con, domain, ds, seed, compact, say, stats,
-            evaluate_options) -> dict:
-    """Certify and measure the ticket (``report.evaluate``); write the ticket and its sparsity
-    report. Returns the report (written by the caller, last)."""
-    from .report import evaluate
+def ascender(pool, target, eff, domain):
+    """ascend_all(x0, steps): the gradient ascent in groups of ``ASCENT_GROUP`` points, as tasks."""
+    from .certify import ASCENT_GROUP, ascend
 
-    t0 = time.perf_counter()
-    rep = evaluate(target, con, domain, ds, seed=seed, progress=lambda m: say(m, None, None),
-                   **evaluate_options)
-    rep.update({k: v for k, v in con.info.items() if k.startswith("theory_")})
-    stats["evaluate_seconds"] = time.perf_counter() - t0
-    say("writing the ticket", None, None)
-    t1 = time.perf_counter()
-    con.ticket.save(folder / "ticket.safetensors")
-    if compact:
-        con.ticket.save_compact(folder / "ticket.compact.safetensors")
-    write_json(folder / "sparsity_report.json", con.ticket.sparsity_report())
-    stats["save_seconds"] = time.perf_counter() - t1
-    return rep
+    def ascend_all(x0, steps):
+        shared = (pool.share(target), pool.share(eff))
+        groups = list(range(0, len(x0), ASCENT_GROUP))
+        xs = dict(pool.map(groups, lambda g: (ascend, (*shared, domain, x0[g:g + ASCENT_GROUP],
+                                                       steps))))
+        return np.concatenate([xs[g] for g in groups] or [x0])
+
+    return ascend_all
 
 
 def _run_summary(folder, stats, where) -> dict:

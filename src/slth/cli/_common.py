@@ -82,10 +82,6 @@ def parse_int_list(text: str, what: str) -> list[int]:
     return vals
 
 
-def fail(msg: str) -> None:
-    raise SlthError(msg)
-
-
 def stderr_line(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -104,3 +100,124 @@ def domain_options(f):
                      show_default=True, help="Certified input set: box [0,1]^d (images) or the "
                                              "ball ||x|| <= R of the theorems.")(f)
     return f
+
+
+def parse_size(eps: float | None, n_text: str | None) -> dict:
+    """``{"eps": E}`` or ``{"n": N or [N, ...]}`` from --eps / --n, validated."""
+    if (eps is None) == (n_text is None):
+        raise SlthError("give exactly one of --eps (error bound) or --n (size)")
+    if eps is not None:
+        if not eps > 0:
+            raise SlthError(f"--eps must be > 0, got {eps}")
+        return {"eps": eps}
+    ns = parse_int_list(n_text, "--n")
+    if any(k < 1 for k in ns):
+        raise SlthError(f"--n must be >= 1, got {n_text}")
+    return {"n": ns[0] if len(ns) == 1 else ns}
+
+
+def size_options(f):
+    f = click.option("--n", "n_text", default=None,
+                     help="Size instead of --eps: pensia/orseau block size per half, malach "
+                          "gadget size K, ...; one value or one per layer (e.g. 21 or 21,16).")(f)
+    f = click.option("--eps", type=float, default=None,
+                     help="Certified error to reach: the smallest size whose bound meets it.")(f)
+    return f
+
+
+def runs_dir_option(f):
+    return click.option("--runs-dir", type=click.Path(path_type=Path),
+                        default=lambda: Path(os.environ.get("SLTH_RUNS_DIR", "runs")),
+                        show_default="runs (or $SLTH_RUNS_DIR)",
+                        help="Where run folders live.")(f)
+
+
+# ----------------------------------------------------------------------------- method options
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def method_option_fields() -> dict[str, dict]:
+    """Every method setting that is a CLI option: {field name: {"field": one Field,
+    "methods": [names]}}; a name shared by several methods is one option."""
+    from ..constructions import names, settings_fields
+
+    out: dict[str, dict] = {}
+    for m in names():
+        for f in settings_fields(m):
+            if f.metadata.get("cli", True):
+                out.setdefault(f.name, {"field": f, "methods": []})["methods"].append(m)
+    return out
+
+
+def method_params() -> list[click.Option]:
+    """click options for every method setting (default None: the method's own default)."""
+    params = []
+    for name, info in method_option_fields().items():
+        f = info["field"]
+        md, default = f.metadata, f.default
+        shown = md.get("show", default)
+        help_ = md.get("help") or None
+        if help_ and shown is not None:
+            help_ += f" [default: {shown}]"
+        if isinstance(default, bool):
+            params.append(click.Option([f"{_flag(name)}/--no-{name.replace('_', '-')}"],
+                                       default=None, help=help_))
+            continue
+        if md.get("choices"):
+            kind = click.Choice(list(md["choices"]))
+        elif md.get("parse") is not None:
+            kind = str
+        elif isinstance(default, int):
+            kind = int
+        elif isinstance(default, float) or "float" in str(f.type):
+            kind = float
+        else:
+            kind = str
+        params.append(click.Option([_flag(name)], type=kind, default=None, help=help_))
+    return params
+
+
+def method_settings(method: str, given: dict, strict: bool = True) -> dict:
+    """The settings of ``method`` from the method options the user gave (None: not given).
+    strict: an option ``method`` does not have is an error (else it is skipped)."""
+    from ..constructions import settings_fields
+
+    fields = {f.name: f for f in settings_fields(method)}
+    out = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in fields:
+            if strict:
+                owners = method_option_fields().get(name, {}).get("methods", [])
+                raise SlthError(f"{_flag(name)} is an option of {', '.join(owners)}, not of "
+                                f"{method}; drop it or pick --method {owners[0] if owners else ''}")
+            continue
+        parse = fields[name].metadata.get("parse")
+        out[name] = parse(value) if parse is not None else value
+    return out
+
+
+class MethodCommand(click.Command):
+    """A command whose ``--method`` choices and method-specific options come from the
+    constructions' registry when it runs (a method registered later is picked up)."""
+
+    def get_params(self, ctx):
+        from ..constructions import names
+
+        params = [p for p in super().get_params(ctx)]
+        for p in params:
+            if p.name == "method" and isinstance(p.type, click.Choice):
+                p.type = click.Choice(names())
+        help_name = self.get_help_option(ctx).name if self.get_help_option(ctx) else None
+        help_opt = [p for p in params if p.name == help_name]
+        rest = [p for p in params if p.name != help_name]
+        own = {p.name for p in rest}
+        return rest + [p for p in method_params() if p.name not in own] + help_opt
+
+    def invoke(self, ctx):
+        fields = method_option_fields()
+        ctx.params["method_options"] = {k: ctx.params.pop(k) for k in list(ctx.params)
+                                        if k in fields}
+        return super().invoke(ctx)

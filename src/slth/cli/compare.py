@@ -10,16 +10,17 @@ from rich.table import Table
 from ..errors import SlthError
 from . import app
 from ..jsonio import write_json
-from ._common import atomic_output_dir, console, peak_rss_mb, progress_bar
-from ._common import data_options, domain_options
+from ._common import (MethodCommand, atomic_output_dir, console, data_options, domain_options,
+                      method_settings, peak_rss_mb, progress_bar)
 
 
-@app.command("compare")
+@app.command("compare", cls=MethodCommand)
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--eps", type=float, required=True, help="Certified error every method must reach.")
 @domain_options
 @click.option("--methods", default="pensia,orseau,orseau-uniform,malach", show_default=True,
-              help="Comma-separated: pensia, orseau, orseau-uniform, malach.")
+              help="Comma-separated registered methods (pensia, orseau, orseau-uniform, "
+                   "malach, ...).")
 @click.option("--data", "data_name", type=click.Choice(["digits", "fashion-mnist", "mnist"]),
               default=None, help="Test data for accuracy, agreement and the empirical error.")
 @data_options
@@ -27,38 +28,41 @@ from ._common import data_options, domain_options
 @click.option("--rescale/--no-rescale", default=False, show_default=True,
               help="Scale each layer to max |w| = 1/sqrt(d_in) first (Malach's assumption; a "
                    "bias-free classifier keeps its predictions).")
-@click.option("--max-params", type=int, default=100_000_000, show_default=True,
-              help="malach: largest G to build.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-def compare_cmd(target, eps, domain, radius, methods, data_name, data_dir, seed, rescale,
-                max_params, out):
+def compare_cmd(target, eps, domain, radius, methods, data_name, data_dir, seed, rescale, out,
+                method_options):
     """Build TARGET's ticket with every method at the same eps and compare random and active
     parameters, density, over-parameterization, neurons per target weight, certified bound,
-    accuracy, agreement and time. Writes OUT/compare.json, OUT/compare.md and OUT/compare.png."""
+    accuracy, agreement and time. Writes OUT/compare.json, OUT/compare.md and OUT/compare.png.
+    A method option (e.g. --max-params) applies to every method that has it."""
     from ..certify import Domain
     from ..data import load_dataset
     from ..experiments import compare as C
-    from ..experiments.width import METHODS, malach_scaled
+    from ..constructions import names
+    from ..experiments.width import malach_scaled
+    from ..runs import check_data_fits
     from ..targets import load_target
 
     if not eps > 0:
         raise SlthError(f"--eps must be > 0, got {eps}")
     ms = [m.strip() for m in methods.split(",") if m.strip()]
-    bad = [m for m in ms if m not in METHODS]
+    bad = [m for m in ms if m not in names()]
     if bad or not ms:
         raise SlthError(f"--methods: unknown {', '.join(bad) or '(empty)'}; choose from "
-                        f"{', '.join(METHODS)}")
+                        f"{', '.join(names())}")
+    settings = {}
+    for m in ms:
+        settings.update(method_settings(m, method_options, strict=False))
     dom = Domain(domain, radius=radius)
     mlp = load_target(target)
     if rescale:
         mlp = malach_scaled(mlp)
     data = load_dataset(data_name, data_dir) if data_name else None
-    if data is not None and data.dim != mlp.dims[0]:
-        raise SlthError(f"{data_name} has {data.dim} inputs but the target expects {mlp.dims[0]}")
+    check_data_fits(data, mlp, data_name)
     with atomic_output_dir(out) as tmp:
         with progress_bar(transient=True) as bar:
             task = bar.add_task("comparing", total=None)
-            res = C.run(mlp, eps, dom, data, ms, seed, max_params,
+            res = C.run(mlp, eps, dom, data, ms, seed, settings,
                         progress=lambda msg: bar.update(task, description=msg))
         res.update({"target": str(target), "rescaled": rescale, "data": data_name,
                     "peak_rss_mb": peak_rss_mb()})

@@ -1,28 +1,29 @@
-"""Constructions: one module per paper. Each plans G's widths, samples G, and chooses the mask.
+"""Constructions: one module per paper, each a registered ``Method`` (``base.py``).
 
-``construct(target, method=..., **settings)`` dispatches to ``<method>.construct`` and returns a
-``Construction`` (the ticket and what was measured while building it).
+``pensia`` (SubsetSum), ``orseau`` (golden-ratio digits over hyperbolic weights; variant
+``orseau-uniform``), ``malach`` (pairs). ``get(name, **settings)`` returns a method;
+``construct(target, method=..., n=... or eps=..., **settings)`` builds its ticket in memory through
+the one driver (``slth.pipeline``) and returns a ``Construction``.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-
-from ..errors import SlthError
 from ._common import Construction
-
-METHODS = ("pensia", "malach", "orseau")
-
-
-def construct(target, method: str = "pensia", **settings) -> Construction:
-    """Build a ticket for ``target`` (an ``MLP``) with the named construction."""
-    if method not in METHODS:
-        raise SlthError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    try:
-        mod = import_module(f".{method}", __name__)
-    except ModuleNotFoundError:
-        raise SlthError(f"method {method!r} is not available in this version") from None
-    return mod.construct(target, **settings)
+from .base import (Method, TargetLayer, Tensor, get, method_class, names, register,
+                   settings_fields, unregister)
 
 
-__all__ = ["Construction", "METHODS", "construct"]
+def construct(target, method: str = "pensia", **kw) -> Construction:
+    """Build a ticket for ``target`` with the named method (``slth.pipeline.construct``)."""
+    from ..pipeline import construct as build_in_memory
+    return build_in_memory(target, method, **kw)
+
+
+def __getattr__(name):
+    if name == "METHODS":
+        return tuple(names())
+    raise AttributeError(name)
+
+
+__all__ = ["Construction", "Method", "TargetLayer", "Tensor", "construct", "get", "method_class",
+           "names", "register", "settings_fields", "unregister"]

@@ -1,12 +1,10 @@
-"""Pieces shared by the constructions: seeded streams and the result they return."""
+"""Pieces shared by the constructions: seeded streams, float32 rounding, the result they return."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from ..ticket import Ticket
 
 
 def stream(seed: int, *key: int) -> np.random.Generator:
@@ -22,11 +20,12 @@ def f32(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Construction:
-    """What every construction returns: the ticket and what it measured while building it.
+    """A ticket built in memory and what was measured while building it.
 
-    info holds at least: method, n_per_layer (or the method's size), theory_n_per_layer,
-    width_per_layer (G's widths), max_weight_error (largest |effective - target| entry).
-    """
+    info holds at least: method, the size per layer (``n_per_layer`` or ``samples_per_layer``),
+    the theory's sizes (``theory_*``), width_per_layer (G's widths), max_weight_error (largest
+    |effective - target| entry). built: the driver's ``Built`` (effective form, certificate)."""
 
-    ticket: Ticket
+    ticket: object
     info: dict = field(default_factory=dict)
+    built: object = None

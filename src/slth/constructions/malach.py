@@ -29,24 +29,23 @@ error - is max_weight_error. The closest of K products is about 1/K away from w,
 1/eps: a G of more than ``max_params`` parameters is refused with the width it would need.
 
 Draws: gadget k's neurons come in chunks of 1024 from stream (seed, layer, GADGET, k, chunk), so a
-gadget of size K is a prefix of one of size K + 1.
+gadget of size K is a prefix of one of size K + 1; output k's pruned out-weights into the other
+gadgets from stream (seed, layer, FILL_V, 0, k), so every chunk of outputs is written on its own.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from ..certify import Domain, bound_details
 from ..errors import SlthError
 from ..targets import MLP
-from ..ticket import EffectiveLayer, Layer, Ticket
-from ._common import Construction, f32, stream
-from ._search import search_sizes
+from ..ticket.effective import EffectiveLayer
+from ._common import f32, stream
+from .base import Method, Rows, Size, TargetLayer, Tensor, check, option, register
 
 CHUNK = 1024
 TOP = 8                       # closest neurons each slot considers
@@ -113,151 +112,156 @@ def match_gadget(w: np.ndarray, c: float | None, K: int, seed: int, layer: int, 
     return chosen, np.where(pick, v, 0.0).sum(0)
 
 
+@dataclass(frozen=True)
+class Settings:
+    delta: float = option(0.1, "orseau, malach: failure probability of the theory sizes.")
+    max_params: int = option(MAX_PARAMS, "malach: refuse a G with more random parameters.")
+
+    def __post_init__(self):
+        check(0 < self.delta < 1, f"--delta must be in (0, 1), got {self.delta}")
+        check(self.max_params >= 1, f"--max-params must be >= 1, got {self.max_params}")
+
+
+@register("malach")
+class Malach(Method):
+    """Malach et al.'s pairs: one gadget of K neurons per target neuron."""
+
+    Settings = Settings
+    size = Size("K", "samples_per_layer", 1, 10 ** 12, 64, "gadget size K per target neuron",
+                growth="power")
+    work = "pairing"
+
+    def tensors(self, layer: TargetLayer, K: int, plan=None) -> list[Tensor]:
+        if layer.kind != "linear":
+            raise SlthError(f"malach: layer {layer.index} is a {layer.kind} layer; Malach's "
+                            "construction gives every target neuron its own gadget and is built "
+                            "here for Linear layers only; use --method pensia or orseau")
+        return [Tensor("widen", (layer.d_out * K, layer.d_in), layer.has_bias, per_row=K),
+                Tensor("combine", (layer.d_out, layer.d_out * K), False, per_row=1)]
+
+    def solve(self, layer: TargetLayer, K: int, seed: int, plan=None, threads=None) -> dict:
+        res = [match_gadget(layer.W[i], None if layer.c is None else layer.c[i], K, seed,
+                            layer.index, k) for i, k in enumerate(layer.rows)]
+        chosen = np.stack([r[0] for r in res]).astype(np.int64)
+        value = np.stack([r[1] for r in res])
+        d_in = layer.d_in
+        want = np.concatenate([layer.W, -layer.W] + ([layer.c[:, None]] if layer.has_bias
+                                                      else []), 1)
+        return {"chosen": chosen, "pos": value[:, :d_in], "neg": value[:, d_in:2 * d_in],
+                "bias": value[:, 2 * d_in] if layer.has_bias else np.zeros(len(value)),
+                "max_errors": np.array([float(np.abs(value - want).max(initial=0.0))])}
+
+    def state_shapes(self, layer: TargetLayer, K: int, plan=None) -> dict:
+        rows, d_in = len(layer.rows), layer.d_in
+        return {"chosen": (rows, 2 * d_in + int(layer.has_bias)), "pos": (rows, d_in),
+                "neg": (rows, d_in), "bias": (rows,), "max_errors": (1,)}
+
+    def chunk_rows(self, layer: TargetLayer, K: int, seed: int, state: dict,
+                   plan=None) -> dict[str, Rows]:
+        d_in, rows = layer.d_in, len(layer.rows)
+        Uw = np.empty((rows * K, d_in), np.float32)
+        Um = np.zeros((rows * K, d_in), bool)
+        Ub = np.empty(rows * K, np.float32) if layer.has_bias else None
+        Ubm = np.zeros(rows * K, bool) if layer.has_bias else None
+        Vw = np.empty((rows, layer.d_out * K), np.float32)
+        Vm = np.zeros((rows, layer.d_out * K), bool)
+        for i, k in enumerate(layer.rows):
+            u, A, beta = gadget_draws(d_in, K, layer.has_bias, seed, layer.index, k)
+            own = slice(i * K, (i + 1) * K)
+            Uw[own] = u
+            if Ub is not None:
+                Ub[own] = beta
+            Vw[i] = stream(seed, layer.index, FILL_V, 0, k).uniform(-1.0, 1.0, layer.d_out * K)
+            Vw[i, k * K:(k + 1) * K] = A
+            for s_, r in enumerate(state["chosen"][i]):
+                if r < 0:
+                    continue
+                if s_ < 2 * d_in:
+                    Um[i * K + r, s_ % d_in] = True
+                else:
+                    Ubm[i * K + r] = True
+                Vm[i, k * K + r] = True
+        return {"widen": Rows(Uw, Um, Ub, Ubm), "combine": Rows(Vw, Vm)}
+
+    def size_range(self, target) -> tuple[int, int]:
+        return 1, max(1, self.settings.max_params // self.g_params(target, [1] * target.depth))
+
+    def check_sizes(self, target, sizes) -> list[int]:
+        Ks = [int(sizes)] * target.depth if np.ndim(sizes) == 0 else [int(k) for k in sizes]
+        if len(Ks) != target.depth:
+            raise SlthError(f"--n gave {len(Ks)} sizes for a target of {target.depth} layers")
+        if any(K < 1 for K in Ks):
+            raise SlthError(f"gadget sizes must be >= 1, got {Ks}")
+        if self.g_params(target, Ks) > self.settings.max_params:
+            self.too_big(target, Ks, f"--n {Ks}")
+        return Ks
+
+    def configure(self, target, eps, domain=None):
+        if eps is None:
+            return self
+        from ..certify import Domain, bound_details
+        from ..ticket.effective import EffectiveLayer
+        best = bound_details(target, [EffectiveLayer(np.clip(W, -1, 1), -np.clip(W, -1, 1),
+                                                     np.zeros(W.shape[0]) if c is None
+                                                     else np.clip(c, -1, 1))
+                                      for W, c in zip(target.weights, target.biases)],
+                             domain or Domain())
+        if best["certified_bound"] > eps:
+            big = max(float(np.abs(W).max()) for W in target.weights)
+            raise SlthError(f"malach: the target has weights up to {big:.3g}; products of two "
+                            "Uniform[-1,1] weights stay in [-1, 1] (Malach et al. assume |w| <= "
+                            f"1/sqrt(n)), so even exact pairs certify only "
+                            f"{best['certified_bound']:.3g} > eps={eps:g}; use --method pensia "
+                            "or orseau")
+        return self
+
+    def unreachable(self, target, eps, sizes, bound):
+        hi = sizes[0]
+        self.too_big(target, [math.ceil(hi * bound / eps)] * target.depth,
+                     f"eps={eps:g} (the bound falls like 1/K: {bound:.3g} at K = {hi:,})")
+
+    def too_big(self, target, Ks, why: str):
+        need = self.g_params(target, Ks)
+        widths = [d * K for d, K in zip(target.dims[1:], Ks)]
+        raise TooLarge(f"malach: {why} needs hidden widths {widths} (gadgets of {Ks} neurons "
+                       f"per target neuron): G would have {need:,} random parameters "
+                       f"(~{need * 5 / 2**30:.1f} GiB), over --max-params "
+                       f"{self.settings.max_params:,}; raise --max-params, ask for a larger "
+                       "--eps, or use --method pensia/orseau", need, widths)
+
+    def info(self, target, sizes, reduced) -> dict:
+        return {"neurons_per_target_weight": sum(d * K for d, K in zip(target.dims[1:], sizes))
+                / target.n_params}
+
+    def theory(self, target, eps):
+        return theory(target, eps, delta=self.settings.delta)
+
+
 @dataclass
 class LayerSolution:
-    """Chosen neurons of every gadget at gadget size K, and what the pairs compute."""
+    """Chosen neurons of every gadget of one layer at gadget size K, and what they compute."""
 
     K: int
-    chosen: np.ndarray         # [d_out, n_slots] neuron index within the gadget, -1 = dropped
-    value: np.ndarray          # [d_out, n_slots] the chosen neuron's coefficient (0 if dropped)
+    state: dict
+
+    @property
+    def chosen(self) -> np.ndarray:
+        return self.state["chosen"]
 
     def effective(self) -> EffectiveLayer:
-        d_in = (self.value.shape[1]) // 2
-        bias = self.value[:, 2 * d_in] if self.value.shape[1] % 2 else np.zeros(len(self.value))
-        return EffectiveLayer(self.value[:, :d_in], self.value[:, d_in:2 * d_in], bias)
+        return EffectiveLayer(self.state["pos"], self.state["neg"], self.state["bias"])
 
 
 def solve_layer(W: np.ndarray, c: np.ndarray | None, K: int, seed: int, layer: int) -> LayerSolution:
-    """Match every gadget of one target layer at gadget size K."""
-    res = [match_gadget(W[k], None if c is None else c[k], K, seed, layer, k) for k in range(len(W))]
-    return LayerSolution(K, np.stack([r[0] for r in res]), np.stack([r[1] for r in res]))
-
-
-def assemble_layers(sol: LayerSolution, d_in: int, has_bias: bool, seed: int,
-                    layer: int) -> tuple[Layer, Layer]:
-    """Materialise G's widen and combine layers (every weight drawn) and the ticket's masks."""
-    d_out, K = sol.chosen.shape[0], sol.K
-    Uw = np.empty((d_out * K, d_in), np.float32)
-    Ub = np.empty(d_out * K, np.float32) if has_bias else None
-    Um = np.zeros((d_out * K, d_in), bool)
-    Ubm = np.zeros(d_out * K, bool) if has_bias else None
-    Vw = stream(seed, layer, FILL_V, 0, 0).uniform(-1.0, 1.0, (d_out, d_out * K)).astype(np.float32)
-    Vm = np.zeros((d_out, d_out * K), bool)
-    for k in range(d_out):
-        u, A, beta = gadget_draws(d_in, K, has_bias, seed, layer, k)
-        rows = slice(k * K, (k + 1) * K)
-        Uw[rows], Vw[k, rows] = u, A
-        if has_bias:
-            Ub[rows] = beta
-        for s, r in enumerate(sol.chosen[k]):
-            if r < 0:
-                continue
-            if s < 2 * d_in:
-                Um[k * K + r, s % d_in] = True
-            else:
-                Ubm[k * K + r] = True
-            Vm[k, k * K + r] = True
-    return Layer(Uw, Um, Ub, Ubm), Layer(Vw, Vm)
+    """Match every gadget of one MLP layer at gadget size K."""
+    spec = TargetLayer(layer, np.asarray(W, np.float64), c, W.shape[0])
+    return LayerSolution(K, Malach().solve(spec, K, seed))
 
 
 def g_params(dims: list[int], Ks: list[int], has_bias: list[bool]) -> int:
     """Random parameters of G for gadget sizes Ks."""
     return sum(dims[i + 1] * K * (dims[i] + int(has_bias[i]) + dims[i + 1])
                for i, K in enumerate(Ks))
-
-
-def construct(target: MLP, *, n: int | list[int] | None = None, eps: float | None = None,
-              domain: Domain | None = None, seed: int = 0, delta: float = 0.1,
-              max_params: int = MAX_PARAMS, progress=None) -> Construction:
-    """Build Malach et al.'s ticket for ``target``.
-
-    Give ``n`` (gadget size K: neurons of G per target neuron, one int or one per layer) or
-    ``eps`` (the smallest K whose certified bound on ``domain`` is <= eps).
-    """
-    domain = domain or Domain()
-    if (n is None) == (eps is None):
-        raise SlthError("give exactly one of --n (gadget size) or --eps")
-    if not 0 < delta < 1:
-        raise SlthError(f"--delta must be in (0, 1), got {delta}")
-    L, dims = target.depth, target.dims
-    has_b = [c is not None for c in target.biases]
-    say = progress or (lambda msg: None)
-    per_k = g_params(dims, [1] * L, has_b)
-    effs: dict[tuple[int, int], EffectiveLayer] = {}
-
-    def eff(i: int, K: int) -> EffectiveLayer:
-        if (i, K) not in effs:
-            say(f"layer {i + 1}: pairing in gadgets of K = {K:,}")
-            effs[(i, K)] = solve_layer(target.weights[i], target.biases[i], K, seed, i).effective()
-        return effs[(i, K)]
-
-    def bound(Ks) -> float:
-        return bound_details(target, [eff(i, K) for i, K in enumerate(Ks)], domain)["certified_bound"]
-
-    def too_big(Ks, why: str):
-        need = g_params(dims, Ks, has_b)
-        widths = [dims[i + 1] * K for i, K in enumerate(Ks)]
-        raise TooLarge(f"malach: {why} needs hidden widths {widths} (gadgets of {Ks} neurons per "
-                       f"target neuron): G would have {need:,} random parameters (~{need * 5 / 2**30:.1f} "
-                       f"GiB), over --max-params {max_params:,}; raise --max-params, ask for a "
-                       "larger --eps, or use --method pensia/orseau", need, widths)
-
-    t0 = time.perf_counter()
-    if n is not None:
-        Ks = [n] * L if isinstance(n, int) else list(n)
-        if len(Ks) != L:
-            raise SlthError(f"--n gave {len(Ks)} sizes for a target of {L} layers")
-        if any(K < 1 for K in Ks):
-            raise SlthError(f"gadget sizes must be >= 1, got {Ks}")
-        if g_params(dims, Ks, has_b) > max_params:
-            too_big(Ks, f"--n {Ks}")
-    else:
-        if not eps > 0:
-            raise SlthError(f"eps must be > 0, got {eps}")
-        best = bound_details(target, [EffectiveLayer(np.clip(W, -1, 1), -np.clip(W, -1, 1),
-                                                     np.zeros(W.shape[0]) if c is None else np.clip(c, -1, 1))
-                                      for W, c in zip(target.weights, target.biases)], domain)
-        if best["certified_bound"] > eps:
-            big = max(float(np.abs(W).max()) for W in target.weights)
-            raise SlthError(f"malach: the target has weights up to {big:.3g}; products of two "
-                            "Uniform[-1,1] weights stay in [-1, 1] (Malach et al. assume |w| <= "
-                            f"1/sqrt(n)), so even exact pairs certify only {best['certified_bound']:.3g} "
-                            f"> eps={eps:g}; use --method pensia or orseau")
-        hi = max(1, max_params // per_k)
-
-        def fail():
-            b = bound([hi] * L)
-            too_big([math.ceil(hi * b / eps)] * L,
-                    f"eps={eps:g} (the bound falls like 1/K: {b:.3g} at K = {hi:,})")
-        order = sorted(range(L), key=lambda i: -target.weights[i].size)
-        Ks = search_sizes(L, lambda ks: bound(ks) <= eps, 64, hi, order, on_fail=fail)
-    search_s = time.perf_counter() - t0
-    say("assembling G and the masks")
-    layers: list[Layer] = []
-    sols = []
-    for i, K in enumerate(Ks):
-        sol = solve_layer(target.weights[i], target.biases[i], K, seed, i)
-        sols.append(sol)
-        layers.extend(assemble_layers(sol, dims[i], has_b[i], seed, i))
-    err = max(float(np.abs(s.value - np.concatenate([W, -W] + ([c[:, None]] if c is not None else []), 1)).max())
-              for s, W, c in zip(sols, target.weights, target.biases))
-    ticket = Ticket(layers, {"method": "malach", "seed": seed, "samples_per_layer": Ks,
-                             "target_dims": dims, "target_has_bias": target.has_bias,
-                             "target_fingerprint": target.fingerprint()})
-    info = {
-        "method": "malach",
-        "samples_per_layer": Ks,
-        "neurons_per_target_weight": sum(dims[i + 1] * K for i, K in enumerate(Ks)) / target.n_params,
-        "width_per_layer": ticket.widths,
-        "max_weight_error": err,
-        "search_seconds": search_s,
-        "eps": eps,
-        "delta": delta,
-    }
-    if eps is None:
-        eps = bound_details(target, [s.effective() for s in sols], domain)["certified_bound"]
-    info.update(theory(target, eps, delta=delta))
-    return Construction(ticket, info)
 
 
 def tolerance(target: MLP, eps: float) -> list[float]:
@@ -298,3 +302,9 @@ def theory(target: MLP, eps: float, *, delta: float = 0.1) -> dict:
             "theory_note": "K = ln(P/delta)/-ln(1-p) neurons per gadget: every one of the P slots "
                            "finds a neuron with |A u - w| <= eps/(2 l d) (p = least match "
                            "probability); slides: n^3 l^2/eps^2 log(n l/delta) per weight"}
+
+
+def construct(target, **kw):
+    """This method's ticket for ``target`` (``slth.constructions.construct``)."""
+    from . import construct as _construct
+    return _construct(target, method="malach", **kw)

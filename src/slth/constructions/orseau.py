@@ -31,24 +31,21 @@ mapped through the magnitude distribution, so G at size n is a prefix of G at si
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import time
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from ..certify import Domain, bound_details
 from ..errors import SlthError
 from ..targets import MLP
-from ..ticket import Layer, Ticket
-from . import pensia
-from ._common import Construction, f32, stream
-from ._search import search_sizes
+from ._common import f32
+from .base import Size, check, option, register
+from .blocks import BlockMethod
 
 PHI = (1 + math.sqrt(5)) / 2
 N_MAX = 4096
-ROW_CHUNK_ELEMS = 4_000_000  # coefficients held at once (per half): bounds memory
 
 
 @dataclass(frozen=True)
@@ -164,194 +161,113 @@ def _walk(mag, digit, rest):
     return take
 
 
-_DRAWS: dict = {}
-CACHE_ELEMS = 20_000_000
+def parse_gamma(text) -> float:
+    """--gamma: "phi", "3/2" or a number."""
+    t = str(text).strip().lower()
+    if t == "phi":
+        return PHI
+    try:
+        num, _, den = t.partition("/")
+        return float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        raise SlthError(f"--gamma must be phi, 3/2 or a number in (1, phi], got {text!r}") from None
 
 
-def draws(d_in: int, d_out: int, n: int, has_bias: bool, seed: int, layer: int, rows: range):
-    """pensia.py's uniform draws for block size n: a [2, n, d_in], beta [n] | None,
-    b [2, n, len(rows), d_in], bb [n, len(rows)] | None. Small layers are cached and extended
-    (streams are per sample t, so size n is a prefix of size n + 1): size searches draw once."""
-    if 2 * n * d_out * d_in > CACHE_ELEMS:
-        a, beta = pensia.draw_in(d_in, n, has_bias, seed, layer)
-        return (a, beta, *pensia.draw_out(rows, d_in, n, has_bias, seed, layer))
-    key = (seed, layer, d_in, d_out, has_bias)
-    have = _DRAWS.get(key)
-    n0 = 0 if have is None else have[0].shape[1]
-    if n0 < n:
-        def more(kind, h, k, size):
-            return np.stack([f32(stream(seed, layer, kind, h, t, k).uniform(*size))
-                             for t in range(n0, n)])
-        a = np.stack([more(pensia.IN_W, h, 0, (0.0, 1.0, d_in)) for h in range(2)])
-        b = np.stack([np.stack([more(pensia.OUT_W, h, k, (-1.0, 1.0, d_in)) for k in range(d_out)], 1)
-                      for h in range(2)])
-        beta = more(pensia.BIAS_IN, 0, 0, (0.0, 1.0)) if has_bias else None
-        bb = (np.stack([more(pensia.BIAS_OUT, 0, k, (-1.0, 1.0)) for k in range(d_out)], 1)
-              if has_bias else None)
-        if have is not None:
-            a, b = np.concatenate([have[0], a], 1), np.concatenate([have[2], b], 1)
-            if has_bias:
-                beta, bb = np.concatenate([have[1], beta]), np.concatenate([have[3], bb])
-        if len(_DRAWS) > 16:
-            _DRAWS.clear()
-        _DRAWS[key] = have = (a, beta, b, bb)
-    a, beta, b, bb = have
-    r = slice(rows.start, rows.stop)
-    return (a[:, :n], None if beta is None else beta[:n], b[:, :n, r],
-            None if bb is None else bb[:n, r])
+@dataclass(frozen=True)
+class Settings:
+    distribution: str = option("hyperbolic", "orseau: magnitude distribution of G's weights.",
+                               choices=("hyperbolic", "uniform"))
+    gamma: float = option(PHI, "orseau: base of the golden-ratio digits (phi or 3/2).",
+                          parse=parse_gamma, show="phi")
+    w_min: float | None = option(None, "orseau: hyperbolic range [w-min, w-max] (default: set "
+                                       "per layer from its scale and tolerance).")
+    w_max: float | None = option(None, "orseau: see --w-min (uniform: 1).")
+    sizing: str = option("search", "orseau with --eps: smallest size meeting eps, or the "
+                                   "batch-sampling size of the theorem.",
+                         choices=("search", "theory"))
+    delta: float = option(0.1, "orseau, malach: failure probability of the theory sizes.")
+    # resolved for a target by Orseau.configure (not options)
+    range_per_layer: tuple | None = option(None, "", cli=False)
+    scale_per_layer: tuple | None = option(None, "", cli=False)
+
+    def __post_init__(self):
+        check(self.distribution in ("hyperbolic", "uniform"),
+              f"unknown distribution {self.distribution!r}; use 'hyperbolic' or 'uniform'")
+        check_gamma(self.gamma)
+        check(self.sizing in ("search", "theory"),
+              f"--sizing must be 'search' or 'theory', got {self.sizing!r}")
+        check(0 < self.delta < 1, f"--delta must be in (0, 1), got {self.delta}")
+        if self.w_min is not None or self.w_max is not None:   # validates the range
+            Magnitudes(self.distribution, 0.0 if self.distribution == "uniform" else
+                       (self.w_min if self.w_min is not None else 1e-3),
+                       self.w_max if self.w_max is not None else 1.0)
 
 
-def solve_layer(W: np.ndarray, c: np.ndarray | None, n: int, seed: int, layer: int,
-                mags: Magnitudes, gamma: float = PHI) -> pensia.LayerSolution:
-    """Draw one target layer's blocks at size n and choose every weight's digits."""
-    d_out, d_in = W.shape
-    s = layer_scale(W, c)
-    step = max(1, ROW_CHUNK_ELEMS // max(1, d_in * n))
-    parts = []
-    for r0 in range(0, d_out, step):
-        rows = range(r0, min(d_out, r0 + step))
-        a_raw, beta_raw, b_raw, bb_raw = draws(d_in, d_out, n, c is not None, seed, layer, rows)
-        a, b = mags(a_raw), mags.signed(b_raw)
-        mask = np.zeros((2, len(rows), d_in, n), bool)
-        sums = np.zeros((2, len(rows), d_in))
-        for h in range(2):
-            coef = np.transpose(b[h] * a[h][:, None, :], (1, 2, 0))  # [rows, d_in, n]
-            target = W[r0:rows.stop] if h == 0 else -W[r0:rows.stop]
-            mask[h] = golden_greedy(coef, target, s, gamma)
-            sums[h] = np.where(mask[h], coef, 0.0).sum(-1)
-        part = pensia.LayerSolution(n, a, b, mask, sums)
-        if c is not None:
-            beta, bb = mags(beta_raw), mags.signed(bb_raw)
-            coef = bb.T * beta[None, :]  # [rows, n]
-            part.beta, part.bb = beta, bb
-            part.bias_mask = golden_greedy(coef, c[r0:rows.stop], s, gamma)
-            part.bias_sums = np.where(part.bias_mask, coef, 0.0).sum(-1)
-        parts.append(part)
-    return pensia.merge_rows(parts)
+@register("orseau")
+class Orseau(BlockMethod):
+    """Golden-ratio digits over hyperbolic (or uniform) products on Pensia's layout."""
 
+    Settings = Settings
+    size = Size("n", "n_per_layer", 1, N_MAX, 8, "samples per half-block", growth="double")
+    work = "golden-ratio digit"
 
-def assemble_layers(sol: pensia.LayerSolution, seed: int, layer: int, mags: Magnitudes):
-    """G's widen and combine layers: pensia's layout, with the pruned filler weights (off-block
-    in-weights, biases outside the bias block) mapped through ``mags`` like every other draw."""
-    U, V = pensia.assemble_layers(sol, seed, layer)
-    n = sol.n
-    d_in = U.shape[1]
-    block = np.zeros(U.shape, bool)
-    block[np.arange(2 * n * d_in), np.repeat(np.arange(d_in), 2 * n)] = True
-    U.weight[~block] = mags.signed(U.weight[~block].astype(np.float64))
-    if U.bias is not None:
-        fill = np.arange(U.shape[0]) < 2 * n * d_in
-        U.bias[fill] = mags.signed(U.bias[fill].astype(np.float64))
-    return U, V
+    def configure(self, target, eps, domain=None):
+        s = self.settings
+        mags = layer_magnitudes(target, eps, s.distribution, s.w_min, s.w_max)
+        scales = [layer_scale(W, c) for W, c in zip(target.weights, target.biases)]
+        return type(self)(dataclasses.replace(
+            s, range_per_layer=tuple((m.w_min, m.w_max) for m in mags),
+            scale_per_layer=tuple(scales)))
 
+    def mags(self, i: int) -> Magnitudes:
+        s = self.settings
+        lo, hi = s.range_per_layer[i]
+        return Magnitudes(s.distribution, lo, hi)
 
-def g_params(dims: list[int], ns: list[int], has_bias: list[bool]) -> int:
-    """Random parameters of G for block sizes ns (same layout as pensia)."""
-    total = 0
-    for i, n in enumerate(ns):
-        m = 2 * n * dims[i] + (n if has_bias[i] else 0)
-        total += m * dims[i] + (m if has_bias[i] else 0) + dims[i + 1] * m
-    return total
+    def magnitudes(self, layer):
+        m = self.mags(layer.index)
+        return m, m.signed
 
+    def choose(self, layer, coef, target, threads=None):
+        mask = golden_greedy(coef, target, self.settings.scale_per_layer[layer.index],
+                             self.settings.gamma)
+        return mask, np.where(mask, coef, 0.0).sum(-1)
 
-def construct(target: MLP, *, n: int | list[int] | None = None, eps: float | None = None,
-              domain: Domain | None = None, seed: int = 0, distribution: str = "hyperbolic",
-              gamma: float = PHI, w_min: float | None = None, w_max: float | None = None,
-              delta: float = 0.1, sizing: str = "search", n_max: int = N_MAX,
-              progress=None) -> Construction:
-    """Build Orseau et al.'s ticket for ``target``.
+    def describe(self) -> dict:
+        s = self.settings
+        out = {"distribution": s.distribution, "gamma": s.gamma, "delta": s.delta,
+               "sizing": s.sizing}
+        if s.range_per_layer is not None:
+            out["range_per_layer"] = [list(r) for r in s.range_per_layer]
+        return out
 
-    Give ``n`` (samples per half-block, one int or one per layer) or ``eps``. With ``eps`` and
-    ``sizing="search"`` n is the smallest size whose certified bound on ``domain`` is <= eps
-    (uniform first, then lowered per layer); with ``sizing="theory"`` it is the batch-sampling
-    size of ``theory`` (enough w.p. 1 - delta for targets meeting the theorems' assumptions).
-    """
-    domain = domain or Domain()
-    gamma = check_gamma(gamma)
-    if (n is None) == (eps is None):
-        raise SlthError("give exactly one of --n (samples per half-block) or --eps")
-    if eps is not None and not eps > 0:
-        raise SlthError(f"eps must be > 0, got {eps}")
-    if sizing not in ("search", "theory"):
-        raise SlthError(f"--sizing must be 'search' or 'theory', got {sizing!r}")
-    if not 0 < delta < 1:
-        raise SlthError(f"--delta must be in (0, 1), got {delta}")
-    mags = layer_magnitudes(target, eps, distribution, w_min, w_max)
-    L = target.depth
-    say = progress or (lambda msg: None)
-    effs: dict[tuple[int, int], object] = {}
+    def sizes_for(self, target, eps):
+        if self.settings.sizing != "theory":
+            return None
+        ns = self.theory(target, eps)["theory_n_per_layer"]
+        if any(k is None or k > N_MAX for k in ns):
+            raise SlthError(f"the batch-sampling size {ns} exceeds {N_MAX} samples per "
+                            "half-block (some digit is almost never hit); use --sizing "
+                            "search, a larger --eps or another range (--w-min/--w-max)")
+        return ns
 
-    def eff(i: int, k: int):
-        if (i, k) not in effs:
-            say(f"layer {i + 1}: golden-ratio digits at n = {k}")
-            effs[(i, k)] = solve_layer(target.weights[i], target.biases[i], k, seed, i, mags[i],
-                                       gamma).effective()
-        return effs[(i, k)]
+    def info(self, target, sizes, reduced) -> dict:
+        from .base import target_layers
+        widen = sum(t.shape[0] for L, k in zip(target_layers(target), sizes)
+                    for t in self.tensors(L, k) if t.role == "widen")
+        return {"digits_used_per_layer": [int(r["max_kept"][0]) for r in reduced],
+                "neurons_per_target_weight": widen / max(1, target.n_params),
+                "kept_coefficients_per_target_weight":
+                    sum(int(r["sum_kept"][0]) for r in reduced) / max(1, target.n_params)}
 
-    def bound(ns) -> float:
-        return bound_details(target, [eff(i, k) for i, k in enumerate(ns)], domain)["certified_bound"]
+    def theory(self, target, eps):
+        s = self.settings
+        mags = [self.mags(i) for i in range(target.depth)]
+        out = theory(target, eps, gamma=s.gamma, delta=s.delta, mags=mags)
+        ns = out["theory_n_per_layer"]
+        out["theory_random_params"] = self.g_params(target, ns) if None not in ns else None
+        return out
 
-    th = None
-    t0 = time.perf_counter()
-    if n is not None:
-        ns = [n] * L if isinstance(n, int) else list(n)
-        if len(ns) != L:
-            raise SlthError(f"--n gave {len(ns)} sizes for a target of {L} layers")
-        if any(not 1 <= k <= n_max for k in ns):
-            raise SlthError(f"sizes must be between 1 and {n_max}, got {ns}")
-    else:
-        th = theory(target, eps, gamma=gamma, delta=delta, mags=mags)
-        if sizing == "theory":
-            ns = th["theory_n_per_layer"]
-            if any(k is None or k > n_max for k in ns):
-                raise SlthError(f"the batch-sampling size {ns} exceeds {n_max} samples per "
-                                "half-block (some digit is almost never hit); use --sizing "
-                                "search, a larger --eps or another range (--w-min/--w-max)")
-        else:
-            def fail():
-                raise SlthError(f"eps={eps:g} is not reachable with <= {n_max} samples per "
-                                f"half-block (certified bound there: {bound([n_max] * L):.3g}); "
-                                "ask for a larger --eps or a smaller domain")
-            order = sorted(range(L), key=lambda i: -target.weights[i].size)
-            ns = search_sizes(L, lambda ks: bound(ks) <= eps, 8, n_max, order, on_fail=fail)
-    search_s = time.perf_counter() - t0
-    say("assembling G and the masks")
-    layers: list[Layer] = []
-    sols = []
-    for i, k in enumerate(ns):
-        sol = solve_layer(target.weights[i], target.biases[i], k, seed, i, mags[i], gamma)
-        sols.append(sol)
-        layers.extend(assemble_layers(sol, seed, i, mags[i]))
-    if th is None:  # n given: the theory at the error this ticket certifies
-        th = theory(target, bound_details(target, [s.effective() for s in sols],
-                                          domain)["certified_bound"], gamma=gamma, delta=delta,
-                    mags=mags)
-    max_err = max(max(float(np.abs(s.sums[0] - W).max(initial=0)),
-                      float(np.abs(s.sums[1] + W).max(initial=0)),
-                      float(np.abs(s.bias_sums - c).max()) if c is not None else 0.0)
-                  for s, W, c in zip(sols, target.weights, target.biases))
-    options = {"distribution": distribution, "gamma": gamma, "delta": delta, "sizing": sizing,
-               "range_per_layer": [[m.w_min, m.w_max] for m in mags]}
-    ticket = Ticket(layers, {"method": "orseau", "seed": seed, "n_per_layer": ns, **options,
-                             "target_dims": target.dims, "target_has_bias": target.has_bias,
-                             "target_fingerprint": target.fingerprint()})
-    widen = [layers[2 * i].shape[0] for i in range(L)]
-    kept = [int(s.mask.sum() + (0 if s.bias_mask is None else s.bias_mask.sum())) for s in sols]
-    most = [int(max(s.mask.sum(-1).max(initial=0),
-                    0 if s.bias_mask is None else s.bias_mask.sum(-1).max(initial=0))) for s in sols]
-    info = {
-        "method": "orseau", **options,
-        "n_per_layer": ns,
-        "digits_used_per_layer": most,
-        "neurons_per_target_weight": sum(widen) / max(1, target.n_params),
-        "kept_coefficients_per_target_weight": sum(kept) / max(1, target.n_params),
-        "width_per_layer": ticket.widths,
-        "max_weight_error": max_err,
-        "search_seconds": search_s,
-        "eps": eps,
-        **th,
-    }
-    return Construction(ticket, info)
 
 
 def check_gamma(gamma: float) -> float:
@@ -363,8 +279,9 @@ def check_gamma(gamma: float) -> float:
 
 def tolerance(target: MLP, eps: float) -> list[float]:
     """Per-weight tolerance of layer i: eps / (2 l d_{i-1}) (each target neuron's
-    pre-activation within eps / 2l for inputs in [-1, 1]^d; errors compound to <= eps)."""
-    return [eps / (2 * target.depth * d) for d in target.dims[:-1]]
+    pre-activation within eps / 2l for inputs in [-1, 1]^d; errors compound to <= eps;
+    d_{i-1}: the layer's fan-in)."""
+    return [eps / (2 * target.depth * W[0].size) for W in target.weights]
 
 
 def theory(target: MLP, eps: float, *, distribution: str = "hyperbolic", gamma: float = PHI,
@@ -381,7 +298,8 @@ def theory(target: MLP, eps: float, *, distribution: str = "hyperbolic", gamma: 
     """
     mags = mags or layer_magnitudes(target, eps, distribution, w_min, w_max)
     L = target.depth
-    pools = sum(2 * W.size + (0 if c is None else c.size) for W, c in zip(target.weights, target.biases))
+    pools = sum(2 * W.size + (0 if c is None else c.size) for W, c in zip(target.weights,
+                                                                         target.biases))
     ks, cs, n_th, m_th = [], [], [], []
     for i, t in enumerate(tolerance(target, eps)):
         W, c = target.weights[i], target.biases[i]
@@ -396,12 +314,31 @@ def theory(target: MLP, eps: float, *, distribution: str = "hyperbolic", gamma: 
         cs.append(cmin)
         n_th.append(batch_samples(1, k, cmin, delta / pools) if ok else (1 if k == 0 else None))
         m_th.append(batch_samples(m, k, cmin, delta / L) if ok else None)
-    has_b = [c is not None for c in target.biases]
     return {"theory_n_per_layer": n_th, "theory_k_per_layer": ks, "theory_c_per_layer": cs,
             "theory_samples_per_layer": m_th,
-            "theory_random_params": g_params(target.dims, n_th, has_b) if None not in n_th else None,
             "theory_tolerance_per_layer": tolerance(target, eps),
             "theory_note": "n = ceil((2/c)(1 + ln(k P / delta))) per half-block (batch sampling "
                            "over k digits, c = least digit probability); samples_per_layer = "
                            "the slides' M = ceil((2/c)(m + ln(k l / delta))), one neuron per "
                            "sample, m = weights of the layer"}
+
+
+def solve_layer(W: np.ndarray, c: np.ndarray | None, n: int, seed: int, layer: int,
+                mags: Magnitudes, gamma: float = PHI):
+    """One whole MLP layer at size n (all rows in one chunk); ``.effective()`` and ``.sums``."""
+    from .base import TargetLayer
+    from .pensia import LayerSolution
+    m = Orseau(dataclasses.replace(Settings(distribution=mags.kind, gamma=gamma),
+                                   range_per_layer=((mags.w_min, mags.w_max),) * (layer + 1),
+                                   scale_per_layer=(layer_scale(W, c),) * (layer + 1)))
+    return LayerSolution(n, m.solve(TargetLayer(layer, np.asarray(W, np.float64), c, W.shape[0]),
+                                    n, seed))
+
+
+register("orseau-uniform", Orseau, distribution="uniform")
+
+
+def construct(target, **kw):
+    """This method's ticket for ``target`` (``slth.constructions.construct``)."""
+    from . import construct as _construct
+    return _construct(target, method="orseau", **kw)

@@ -3,8 +3,9 @@
 Each method builds its ticket with ``eps`` (the smallest size whose certified bound on the domain
 is <= eps) and is evaluated by ``slth.report.evaluate`` exactly like ``slth construct``. A method
 whose G would not fit (malach beyond ``max_params``) is reported as refused, with the size it
-would need; one that cannot reach eps within its size limit is reported with its message. "Neurons per target weight" is, for every method alike, the widen layers' neurons of
-G divided by the target's parameters.
+would need; one that cannot reach eps within its size limit is reported with its message.
+"Neurons per target weight" is, for every method alike, the hidden neurons G has beyond the
+target's, divided by the target's parameters.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import time
 
 from ..certify import Domain
-from ..constructions import construct
+from ..constructions import get, settings_fields
 from ..constructions.malach import TooLarge
 from ..errors import SlthError
+from ..pipeline import construct
 from ..report import evaluate
 from ..targets import MLP
-from .width import method_parts
 
 METHODS = ("pensia", "orseau", "orseau-uniform", "malach")
 COLUMNS = ("random_params", "active_params", "density", "overparam_factor",
@@ -26,20 +27,20 @@ COLUMNS = ("random_params", "active_params", "density", "overparam_factor",
 
 
 def run(target: MLP, eps: float, domain: Domain, data=None, methods=METHODS, seed: int = 0,
-        max_params: int = 100_000_000, progress=None, on_ticket=None) -> dict:
+        settings: dict | None = None, progress=None, on_ticket=None) -> dict:
     """Construct and evaluate every method; returns rows, Malach's ratios and the settings.
 
-    on_ticket(method, construction, report) is called for each ticket built (to keep one)."""
+    settings: {setting name: value} applied to every method that has that setting (e.g.
+    malach's max_params). on_ticket(method, construction, report) is called for each ticket."""
     say = progress or (lambda msg: None)
     rows = []
     for m in methods:
-        name, opts = method_parts(m)
-        if name == "malach":
-            opts = dict(opts, max_params=max_params)
+        fields = {f.name for f in settings_fields(m)}
+        method = get(m, **{k: v for k, v in (settings or {}).items() if k in fields})
         t0 = time.perf_counter()
         try:
-            con = construct(target, method=name, eps=eps, domain=domain, seed=seed,
-                            progress=lambda msg, m=m: say(f"{m}: {msg}"), **opts)
+            con = construct(target, method, eps=eps, domain=domain, seed=seed,
+                            progress=lambda msg, m=m: say(f"{m}: {msg}"))
         except TooLarge as e:
             rows.append({"method": m, "refused": str(e), "random_params": None,
                          "random_params_needed": e.params, "widths_needed": e.widths})
@@ -50,21 +51,22 @@ def run(target: MLP, eps: float, domain: Domain, data=None, methods=METHODS, see
             continue
         rep = evaluate(target, con, domain, data, seed=seed,
                        progress=lambda msg, m=m: say(f"{m}: {msg}"))
-        rep.update({k: v for k, v in con.info.items() if k.startswith("theory_")})
         if on_ticket:
             on_ticket(m, con, rep)
-        t = con.ticket
-        widen = sum(t.layers[i].shape[0] for i in range(0, len(t.layers), 2))
         rows.append({
             "method": m, **{k: rep.get(k) for k in COLUMNS if k in rep},
-            "size": con.info.get("n_per_layer") or con.info.get("samples_per_layer"),
-            "size_kind": "n per half-block" if name != "malach" else "K per gadget",
-            "neurons_per_target_weight": widen / target.n_params,
+            "size": con.info[method.size.key], "size_kind": method.size.meaning,
+            "neurons_per_target_weight": extra_neurons(con.ticket, target),
             "theory_random_params": con.info.get("theory_random_params"),
             "seconds": time.perf_counter() - t0, "report": rep,
         })
     return {"eps": eps, "domain": domain.as_dict(), "seed": seed, "target_dims": target.dims,
             "target_params": target.n_params, "rows": rows, "malach_vs": malach_ratios(rows)}
+
+
+def extra_neurons(ticket, target) -> float:
+    """Hidden neurons G has beyond the target's, per target parameter."""
+    return (sum(ticket.widths[1:-1]) - sum(target.dims[1:-1])) / target.n_params
 
 
 def malach_ratios(rows: list[dict]) -> dict:

@@ -37,9 +37,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..certify import Domain, bound_details
-from ..constructions import malach, orseau, pensia
-from ..constructions._search import smallest
+from ..constructions import get, names, pensia, settings_fields
+from ..constructions.base import target_layers
 from ..errors import SlthError
+from ..pipeline import effective_at, smallest
 from ..targets import MLP
 
 METHODS = ("pensia", "orseau", "orseau-uniform", "malach")
@@ -71,9 +72,9 @@ class Settings:
         return self.pensia_seeds or self.seeds if method == "pensia" else self.seeds
 
     def check(self):
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in names()]
         if bad:
-            raise SlthError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+            raise SlthError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(names())}")
         if not self.methods:
             raise SlthError("--methods is empty; give e.g. pensia,orseau,malach")
         if any(not e > 0 for e in self.eps_grid) or not self.sweep_eps > 0:
@@ -120,55 +121,44 @@ def digits_target(seed: int = 0) -> tuple[MLP, str]:
 
 
 # ------------------------------------------------------------------------------ one method
-def method_parts(method: str) -> tuple[str, dict]:
-    return ("orseau", {"distribution": "uniform"}) if method == "orseau-uniform" else (method, {})
+def _method(method: str, target: MLP, eps: float | None, s: "Settings | None" = None):
+    """The registered method, configured for the target (malach: the study's --max-params)."""
+    opts = {"max_params": s.max_params} if s is not None and "max_params" in {
+        f.name for f in settings_fields(method)} else {}
+    return get(method, **opts).configure(target, eps)
 
 
 def effective(method: str, target: MLP, size: int, seed: int, eps: float,
               threads: int | None = None):
     """Effective layers of ``method``'s ticket at a uniform size (eps only sets orseau's range)."""
-    name, opts = method_parts(method)
-    if name == "pensia":
-        return [pensia.solve_layer(W, c, size, seed, i, threads=threads).effective()
-                for i, (W, c) in enumerate(zip(target.weights, target.biases))]
-    if name == "malach":
-        return [malach.solve_layer(W, c, size, seed, i).effective()
-                for i, (W, c) in enumerate(zip(target.weights, target.biases))]
-    mags = orseau.layer_magnitudes(target, eps, opts.get("distribution", "hyperbolic"))
-    return [orseau.solve_layer(W, c, size, seed, i, mags[i]).effective()
-            for i, (W, c) in enumerate(zip(target.weights, target.biases))]
+    return effective_at(target, _method(method, target, eps), [size] * target.depth, seed,
+                        threads)
 
 
 def random_params(method: str, target: MLP, size: int) -> int:
-    has_b = [c is not None for c in target.biases]
-    mod = malach if method == "malach" else orseau  # pensia's layout = orseau's
-    return mod.g_params(target.dims, [size] * target.depth, has_b)
+    return get(method).g_params(target, [size] * target.depth)
 
 
 def hidden_width(method: str, target: MLP, size: int) -> int:
-    """Width of G's first widen layer."""
-    d0, d1 = target.dims[:2]
-    return d1 * size if method == "malach" else 2 * size * d0
+    """Width of G's first hidden layer."""
+    return get(method).tensors(target_layers(target)[0], size)[0].shape[0]
 
 
 def theory_size(method: str, target: MLP, eps: float, delta: float) -> float | None:
     """The theorem's size (largest over layers), or None where it has none."""
-    name, opts = method_parts(method)
-    if name == "pensia":
-        ns = pensia.theory(target, eps)["theory_n_per_layer"]
-    elif name == "malach":
-        ns = malach.theory(target, eps, delta=delta)["theory_samples_per_layer"]
-    else:
-        ns = orseau.theory(target, eps, delta=delta, **opts)["theory_n_per_layer"]
-    return None if None in ns else float(max(ns))
+    m = _method(method, target, eps)
+    if "delta" in {f.name for f in settings_fields(method)}:
+        m = get(method, delta=delta).configure(target, eps)
+    ns = m.theory(target, eps).get("theory_" + m.size.key)
+    return None if not ns or None in ns else float(max(ns))
 
 
 def size_limit(method: str, target: MLP, s: Settings) -> int:
     if method == "pensia":
         return pensia.N_MAX
-    if method == "malach":
-        return max(1, s.max_params // random_params("malach", target, 1))
-    return s.orseau_n_max
+    if get(method).size.growth == "double":
+        return s.orseau_n_max
+    return _method(method, target, None, s).size_range(target)[1]
 
 
 def sizes_over_eps(method: str, target: MLP, domain: Domain, eps_grid: list[float], seed: int,
@@ -192,12 +182,13 @@ def sizes_over_eps(method: str, target: MLP, domain: Domain, eps_grid: list[floa
         if prev is None and out:  # a larger eps was already out of reach
             out.append(None)
             continue
+        growth = get(method).size.growth
         if prev is None:
-            start, lo = 8 if method != "malach" else 64, 1
-        else:  # smaller eps: never below the last size; malach's grows like 1/eps
+            start, lo = get(method).size.start, 1
+        else:  # smaller eps: never below the last size; a "power" size grows like 1/eps
             lo = prev
-            start = max(prev, math.ceil(prev * prev_eps / eps * 0.7)) if method == "malach" else prev
-        grow = {"pensia": 1.0, "orseau": 1.15}.get(method, 1.3) if prev else 1.5
+            start = max(prev, math.ceil(prev * prev_eps / eps * 0.7)) if growth == "power" else prev
+        grow = {"log": 1.0, "double": 1.15}.get(growth, 1.3) if prev else 1.5
         got = smallest(lambda k: ok(k, eps), start, hi, lo=lo, grow=grow, rel_tol=s.rel_tol)
         out.append(got)
         prev, prev_eps = got, eps
