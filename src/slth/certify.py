@@ -6,17 +6,28 @@ the theorems). It uses the target's actual weights and the ticket's actual per-w
 read through ``Ticket.effective()``: each widen/combine pair computes
 ``z_hat = P relu(h_hat) + N relu(-h_hat) + c_hat`` where the target computes ``z = W h + c``.
 
-Propagation (no product of norms): the deviation D_i = z_hat_i - z_i is carried layer by layer
-as an affine function of x plus an interval remainder.
+Propagation is differential (no product of norms): the deviation D = G_hat - F of every node of
+the target's graph is carried node by node as an affine function of x plus an interval remainder.
+Linear layers and convolutions are applied as operators (a convolution is never a dense matrix,
+except on the input, where the exact first-layer form needs one).
 
-* Layer 1: D_1 = (P - W) relu(x) + (N + W) relu(-x) + (c_hat - c). On the box with lo >= 0 it is
-  exactly affine; on the ball its exact per-unit range is R * ||max(+-E, 0)||_2.
+* An affine op on the input: D = (P - W) relu(x) + (N + W) relu(-x) + (c_hat - c). On the box
+  with lo >= 0 it is exactly affine; on the ball its exact per-unit range is
+  R * ||max(+-E, 0)||_2.
 * ReLU: with z in [l, u] (interval bounds of the target) and D in [dl, du], the change of the
   activation lies in [min(0, dl), max(0, du)], in [-max(0, u), max(0, u + du)], and is exactly 0
   when u <= 0 and u + du <= 0, exactly D when l >= 0 and l + dl >= 0 (then the affine part is
   kept).
-* Layer i >= 2 (inputs are post-ReLU, so the N term vanishes): D_i = W delta + (P - W) h_hat +
-  (c_hat - c), with h_hat in [relu(l + dl), relu(u + du)] - interval arithmetic on each term.
+* Other affine ops: D = W delta + (P - W) relu(h_hat) + (N + W) relu(-h_hat) + (c_hat - c) (the N
+  term vanishes for post-ReLU inputs), h_hat the ticket's input interval; interval arithmetic on
+  each term, the affine part carried through W.
+* Average pooling is linear with nonnegative weights (the affine part passes through it); for
+  max pooling, max(h + D) - max(h) lies in [min D, max D] over the window; residual adds add the
+  deviations; subsampling and zero channels select and add units.
+
+What limits it on deep networks: the target's own bounds are plain intervals (they widen layer by
+layer, so more units are unstable), an unstable unit drops its affine part, and every layer adds
+its weight errors as an interval that later layers multiply by |W|.
 
 The bound is sound for any target (no norm assumptions). It is evaluated in float64; sums of
 products are widened by a relative 1e-12 to cover rounding in the bound itself.
@@ -88,137 +99,356 @@ def _concretize(A: np.ndarray, dom: Domain) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-def _imul(M: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Interval of M @ v for v in [lo, hi] (elementwise), widened for rounding."""
-    c = (lo + hi) / 2
-    r = (hi - lo) / 2
-    mid = M @ c
-    rad = np.abs(M) @ r
-    slack = _ROUND * (np.abs(M) @ np.maximum(np.abs(lo), np.abs(hi)))
-    return mid - rad - slack, mid + rad + slack
+class Affine:
+    """One affine op of the target (a Linear layer or a convolution) as a linear map on flat
+    vectors of units: ``apply(K, v)`` is the op with kernel K (the target's own weight, or any
+    array of its shape) on v [units_in] or on the columns of v [units_in, k]."""
+
+    def __init__(self, node, in_shape: tuple):
+        self.node, self.in_shape = node, tuple(in_shape)
+        self.conv = node.op == "conv"
+        self.W = node.weight
+
+    def kernel(self, M: np.ndarray) -> np.ndarray:
+        return M.reshape(self.W.shape)
+
+    def apply(self, K: np.ndarray, v: np.ndarray) -> np.ndarray:
+        if not self.conv:
+            return K.reshape(K.shape[0], -1) @ v
+        import torch
+        import torch.nn.functional as F
+
+        cols = v.ndim == 2
+        x = (v.T if cols else v[None]).reshape(-1, *self.in_shape)
+        a = self.node.attrs
+        y = F.conv2d(torch.from_numpy(np.ascontiguousarray(x)),
+                     torch.from_numpy(np.ascontiguousarray(self.kernel(K), np.float64)),
+                     None, a["stride"], a["padding"], a["dilation"]).reshape(len(x), -1).numpy()
+        return y.T if cols else y[0]
+
+    def per_unit(self, c: np.ndarray | None, units: int) -> np.ndarray:
+        """A per-output-channel vector (bias) repeated over the output's units."""
+        if c is None:
+            return np.zeros(units)
+        return np.repeat(np.asarray(c, np.float64), units // len(c))
+
+    def imul(self, K: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Interval of K v for v in [lo, hi] (elementwise), widened for rounding."""
+        c = (lo + hi) / 2
+        r = (hi - lo) / 2
+        mid = self.apply(K, c)
+        aK = np.abs(K)
+        rad = self.apply(aK, r)
+        slack = _ROUND * self.apply(aK, np.maximum(np.abs(lo), np.abs(hi)))
+        return mid - rad - slack, mid + rad + slack
+
+    def matrix(self, K: np.ndarray) -> np.ndarray:
+        """The op with kernel K as a dense matrix [units_out, units_in]."""
+        if not self.conv:
+            return K.reshape(K.shape[0], -1)
+        n = int(np.prod(self.in_shape))
+        return self.apply(K, np.eye(n))
 
 
-def target_bounds(target: MLP, dom: Domain) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Interval bounds [l_i, u_i] of the target's pre-activations z_i over the domain."""
-    out = []
-    W, c = target.weights[0], target.biases[0]
-    l, u = _concretize(W, dom)
-    if c is not None:
-        l, u = l + c, u + c
-    out.append((l, u))
-    for W, c in zip(target.weights[1:], target.biases[1:]):
-        l, u = _imul(W, np.maximum(l, 0), np.maximum(u, 0))
-        if c is not None:
-            l, u = l + c, u + c
-        out.append((l, u))
-    return out
+@dataclass
+class _Value:
+    """What the bound knows of one node's value: the target's interval [l, u], and the deviation
+    D = G_hat - F as an affine function of the input plus an interval, A x + [rl, rh] (A None: no
+    affine part), within [el, eh] (exact bounds, or infinite). nonneg: both values are >= 0."""
+
+    l: np.ndarray
+    u: np.ndarray
+    A: np.ndarray | None
+    rl: np.ndarray
+    rh: np.ndarray
+    el: np.ndarray | None = None
+    eh: np.ndarray | None = None
+    nonneg: bool = False
+    gl: np.ndarray | None = None      # the ticket's value interval, when known more tightly
+    gh: np.ndarray | None = None
+    is_input: bool = False            # the input itself (possibly flattened): exact, no deviation
+
+    def deviation(self, dom: Domain) -> tuple[np.ndarray, np.ndarray]:
+        """Concrete bounds [dl, dh] of D over the domain (widened for rounding)."""
+        if self.A is None:
+            dl, dh = self.rl.copy(), self.rh.copy()
+        else:
+            al, ah = _concretize(self.A, dom)
+            dl, dh = al + self.rl, ah + self.rh
+        if self.el is not None:
+            dl, dh = np.maximum(dl, self.el), np.minimum(dh, self.eh)
+        return dl - _ROUND * np.abs(dl), dh + _ROUND * np.abs(dh)
+
+    def ticket(self, dom: Domain) -> tuple[np.ndarray, np.ndarray]:
+        if self.gl is not None:
+            return self.gl, self.gh
+        dl, dh = self.deviation(dom)
+        return self.l + dl, self.u + dh
 
 
-def bound_details(target: MLP, eff: list[EffectiveLayer], domain: Domain) -> dict:
-    """Per-layer deviation bounds and the final certified bound (see the module docstring)."""
-    if len(eff) != target.depth:
-        raise SlthError(f"ticket has {len(eff)} widen/combine pairs but the target has "
-                        f"{target.depth} layers")
-    for i, (e, W) in enumerate(zip(eff, target.weights)):
-        if e.pos.shape != W.shape:
-            raise SlthError(f"ticket layer pair {i} computes {list(e.pos.shape)} but the target "
-                            f"layer is {list(W.shape)}")
-    zb = target_bounds(target, domain)
-    d0 = target.dims[0]
-    per_layer = []
-    n_unstable = []
-    # ---- layer 1
-    W, c, e = target.weights[0], target.biases[0], eff[0]
-    Ep = e.pos - W
-    En = e.neg + W
-    eb = e.bias - (0.0 if c is None else c)
-    if domain.kind == "box" and domain.lo >= 0:
-        A = Ep
-        rl = rh = eb
-        exact_l, exact_h = _concretize(Ep, domain)
-        exact_l, exact_h = exact_l + eb, exact_h + eb
+def _input_value(d0: int, dom: Domain) -> _Value:
+    if dom.kind == "ball":
+        l, u = np.full(d0, -dom.radius), np.full(d0, dom.radius)
     else:
-        S = Ep + En  # E+ relu(x) + E- relu(-x) = E+ x + (E+ + E-) relu(-x)
-        A = Ep
-        R = domain.radius if domain.kind == "ball" else max(abs(domain.lo), abs(domain.hi)) * np.sqrt(d0)
-        rl = eb - R * np.linalg.norm(np.maximum(-S, 0), axis=1)
-        rh = eb + R * np.linalg.norm(np.maximum(S, 0), axis=1)
-        if domain.kind == "ball":
-            exact_h = eb + R * np.linalg.norm(np.maximum(np.maximum(Ep, En), 0), axis=1)
-            exact_l = eb - R * np.linalg.norm(np.maximum(np.maximum(-Ep, -En), 0), axis=1)
-        else:  # box with negative part: per coordinate, f(x) = Ep x (x>=0) or -En x (x<0)
-            lo, hi = domain.lo, domain.hi
-            cand = np.stack([Ep * max(hi, 0), Ep * max(lo, 0), -En * min(lo, 0), -En * min(hi, 0),
-                             np.zeros_like(Ep)])
-            exact_l = eb + cand.min(0).sum(1)
-            exact_h = eb + cand.max(0).sum(1)
-    for i in range(target.depth):
-        al, ah = _concretize(A, domain)
-        dl = np.maximum(al + rl, exact_l)
-        dh = np.minimum(ah + rh, exact_h)
-        dl = dl - _ROUND * np.abs(dl)
-        dh = dh + _ROUND * np.abs(dh)
-        per_layer.append(float(np.maximum(np.abs(dl), np.abs(dh)).max(initial=0.0)))
-        if i == target.depth - 1:
-            break
-        # ---- ReLU
-        l, u = zb[i]
-        inactive = (u <= 0) & (u + dh <= 0)
-        active = (l >= 0) & (l + dl >= 0)
-        unstable = ~(inactive | active)
-        n_unstable.append(int(unstable.sum()))
-        del_l = np.maximum(np.minimum(0, dl), -np.maximum(0, u))
-        del_h = np.minimum(np.maximum(0, dh), np.maximum(0, u + dh))
-        A = np.where(active[:, None], A, 0.0)
-        rl = np.where(active, rl, np.where(unstable, del_l, 0.0))
-        rh = np.where(active, rh, np.where(unstable, del_h, 0.0))
-        hhat_l = np.maximum(l + dl, 0)
-        hhat_h = np.maximum(u + dh, 0)
-        # ---- next layer
-        W, c, e = target.weights[i + 1], target.biases[i + 1], eff[i + 1]
-        Ep = e.pos - W
-        eb = e.bias - (0.0 if c is None else c)
-        wl, wh = _imul(W, rl, rh)
-        pl, ph = _imul(Ep, hhat_l, hhat_h)
-        A = W @ A
-        rl = wl + pl + eb
-        rh = wh + ph + eb
-        exact_l = np.full(W.shape[0], -np.inf)
-        exact_h = np.full(W.shape[0], np.inf)
-    return {"certified_bound": per_layer[-1], "per_layer_deviation": per_layer,
+        l, u = np.full(d0, float(dom.lo)), np.full(d0, float(dom.hi))
+    z = np.zeros(d0)
+    return _Value(l, u, None, z, z.copy(), nonneg=dom.kind == "box" and dom.lo >= 0,
+                  is_input=True)
+
+
+def _first_affine(op: Affine, e: EffectiveLayer, c, dom: Domain, d0: int) -> _Value:
+    """An affine op on the input itself (exact x): D = (P - W) relu(x) + (N + W) relu(-x) + (b - c),
+    exactly affine on a nonnegative box; on the ball its exact per-unit range is
+    R ||max(+-E, 0)||_2."""
+    W = op.W.reshape(op.W.shape[0], -1)
+    Wm = op.matrix(W)
+    Ep = op.matrix(e.pos.reshape(W.shape) - W)
+    En = op.matrix(e.neg.reshape(W.shape) + W)
+    units = Wm.shape[0]
+    eb = op.per_unit(e.bias, units) - op.per_unit(c, units)
+    l, u = _concretize(Wm, dom)
+    l, u = l + op.per_unit(c, units), u + op.per_unit(c, units)
+    if dom.kind == "box" and dom.lo >= 0:
+        el, eh = _concretize(Ep, dom)
+        return _Value(l, u, Ep, eb, eb.copy(), el + eb, eh + eb)
+    S = Ep + En  # E+ relu(x) + E- relu(-x) = E+ x + (E+ + E-) relu(-x)
+    R = dom.radius if dom.kind == "ball" else max(abs(dom.lo), abs(dom.hi)) * np.sqrt(d0)
+    rl = eb - R * np.linalg.norm(np.maximum(-S, 0), axis=1)
+    rh = eb + R * np.linalg.norm(np.maximum(S, 0), axis=1)
+    if dom.kind == "ball":
+        eh = eb + R * np.linalg.norm(np.maximum(np.maximum(Ep, En), 0), axis=1)
+        el = eb - R * np.linalg.norm(np.maximum(np.maximum(-Ep, -En), 0), axis=1)
+    else:  # box with negative part: per coordinate, f(x) = Ep x (x>=0) or -En x (x<0)
+        lo, hi = dom.lo, dom.hi
+        cand = np.stack([Ep * max(hi, 0), Ep * max(lo, 0), -En * min(lo, 0), -En * min(hi, 0),
+                         np.zeros_like(Ep)])
+        el, eh = eb + cand.min(0).sum(1), eb + cand.max(0).sum(1)
+    return _Value(l, u, Ep, rl, rh, el, eh)
+
+
+def _affine(op: Affine, e: EffectiveLayer, c, v: _Value, dom: Domain) -> _Value:
+    """D = W delta + (P - W) relu(h_hat) + (N + W) relu(-h_hat) + (b - c), h_hat the ticket's
+    input (the N term vanishes for nonnegative inputs): interval arithmetic on each term, the
+    affine part carried through W."""
+    W = op.W.reshape(op.W.shape[0], -1)
+    Ep = e.pos.reshape(W.shape) - W
+    gl, gh = v.ticket(dom)
+    wl, wh = op.imul(W, v.rl, v.rh)
+    pl, ph = op.imul(Ep, np.maximum(gl, 0), np.maximum(gh, 0))
+    units = len(wl)
+    eb = op.per_unit(e.bias, units) - op.per_unit(c, units)
+    rl, rh = wl + pl + eb, wh + ph + eb
+    if not v.nonneg:
+        nl, nh = op.imul(e.neg.reshape(W.shape) + W, np.maximum(-gh, 0), np.maximum(-gl, 0))
+        rl, rh = rl + nl, rh + nh
+    l, u = op.imul(W, v.l, v.u)
+    l, u = l + op.per_unit(c, units), u + op.per_unit(c, units)
+    A = None if v.A is None else op.apply(W, v.A)
+    return _Value(l, u, A, rl, rh)
+
+
+def _relu(v: _Value, dom: Domain) -> tuple[_Value, int]:
+    """With z in [l, u] and D in [dl, dh], the change of the activation lies in
+    [min(0, dl), max(0, dh)] and in [-max(0, u), max(0, u + dh)]; it is exactly 0 when u <= 0 and
+    u + dh <= 0, exactly D when l >= 0 and l + dl >= 0 (the affine part is kept)."""
+    dl, dh = v.deviation(dom)
+    l, u = v.l, v.u
+    inactive = (u <= 0) & (u + dh <= 0)
+    active = (l >= 0) & (l + dl >= 0)
+    unstable = ~(inactive | active)
+    del_l = np.maximum(np.minimum(0, dl), -np.maximum(0, u))
+    del_h = np.minimum(np.maximum(0, dh), np.maximum(0, u + dh))
+    A = None if v.A is None else np.where(active[:, None], v.A, 0.0)
+    rl = np.where(active, v.rl, np.where(unstable, del_l, 0.0))
+    rh = np.where(active, v.rh, np.where(unstable, del_h, 0.0))
+    out = _Value(np.maximum(l, 0), np.maximum(u, 0), A, rl, rh, nonneg=True,
+                 gl=np.maximum(l + dl, 0), gh=np.maximum(u + dh, 0))
+    return out, int(unstable.sum())
+
+
+def _pool(fn, v: _Value, shape: tuple, dom: Domain, linear: bool) -> _Value:
+    """Pooling: ``fn`` on [N, C, H, W] tensors. Average pooling is linear with nonnegative
+    weights (the affine part goes through it); for max pooling
+    max(h + D) - max(h) lies in [min D, max D] over the window."""
+    import torch
+
+    def f(a):
+        t = torch.from_numpy(np.ascontiguousarray(a, np.float64))
+        return fn(t.reshape(-1, *shape)).reshape(t.shape[0] if a.ndim == 2 else 1, -1).numpy()
+
+    def one(a):
+        return f(a[None])[0]
+
+    gl, gh = v.ticket(dom)
+    if linear:
+        A = None if v.A is None else f(v.A.T).T
+        return _Value(one(v.l), one(v.u), A, one(v.rl), one(v.rh), nonneg=v.nonneg,
+                      gl=one(gl), gh=one(gh))
+    dl, dh = v.deviation(dom)
+    return _Value(one(v.l), one(v.u), None, -one(-dl), one(dh), nonneg=v.nonneg,
+                  gl=one(gl), gh=one(gh))
+
+
+def _select(v: _Value, idx: np.ndarray, zeros_after: int = 0, zeros_before: int = 0) -> _Value:
+    """Units ``idx`` of v (subsampling), with zero units added (channel padding)."""
+    def pick(a, fill=0.0):
+        if a is None:
+            return None
+        z0 = np.full((zeros_before, *a.shape[1:]), fill)
+        z1 = np.full((zeros_after, *a.shape[1:]), fill)
+        return np.concatenate([z0, a[idx], z1])
+    return _Value(pick(v.l), pick(v.u), pick(v.A), pick(v.rl), pick(v.rh), pick(v.el),
+                  pick(v.eh), v.nonneg, pick(v.gl), pick(v.gh))
+
+
+def _add(a: _Value, b: _Value, dom: Domain) -> _Value:
+    A = None if a.A is None and b.A is None else (
+        (a.A if a.A is not None else 0.0) + (b.A if b.A is not None else 0.0))
+    agl, agh = a.ticket(dom)
+    bgl, bgh = b.ticket(dom)
+    return _Value(a.l + b.l, a.u + b.u, A, a.rl + b.rl, a.rh + b.rh, nonneg=a.nonneg and b.nonneg,
+                  gl=agl + bgl, gh=agh + bgh)
+
+
+def _node_value(nd, vals: dict, shapes: dict, dom: Domain) -> _Value:
+    """A node that is not affine and not a ReLU, from its inputs' values."""
+    import torch.nn.functional as F
+
+    a = nd.attrs
+    v = vals[nd.inputs[0]]
+    shape = shapes[nd.inputs[0]]
+    if nd.op == "flatten":
+        return v
+    if nd.op == "add":
+        return _add(v, vals[nd.inputs[1]], dom)
+    if nd.op == "maxpool":
+        return _pool(lambda t: F.max_pool2d(t, a["kernel"], a["stride"], a["padding"],
+                                            a["dilation"]), v, shape, dom, False)
+    if nd.op == "avgpool":
+        return _pool(lambda t: F.avg_pool2d(t, a["kernel"], a["stride"], a["padding"],
+                                            count_include_pad=a["count_include_pad"]),
+                     v, shape, dom, True)
+    if nd.op == "adaptive_avgpool":
+        return _pool(lambda t: F.adaptive_avg_pool2d(t, a["output"]), v, shape, dom, True)
+    C, H, W = shape
+    idx = np.arange(C * H * W).reshape(C, H, W)
+    if nd.op == "subsample":
+        sh, sw = a["stride"]
+        return _select(v, idx[:, ::sh, ::sw].ravel())
+    if nd.op == "pad_channels":
+        return _select(v, idx.ravel(), a["after"] * H * W, a["before"] * H * W)
+    raise SlthError(f"the certification does not handle op {nd.op!r}")
+
+
+def bound_details(target, eff: list[EffectiveLayer], domain: Domain) -> dict:
+    """Per-layer deviation bounds and the certified bound on max_{x in domain}
+    ||F(x) - G_hat(x)||_inf (see the module docstring): the deviation is carried node by node
+    through the target's graph (Linear layers, convolutions, ReLU, pooling, flatten, residual
+    adds, shortcuts), the effective form ``eff`` standing in for each affine op."""
+    nodes = target.nodes
+    affine = [i for i, nd in enumerate(nodes) if nd.op in ("linear", "conv")]
+    if len(eff) != len(affine):
+        raise SlthError(f"ticket has {len(eff)} widen/combine pairs but the target has "
+                        f"{len(affine)} layers")
+    for k, (e, i) in enumerate(zip(eff, affine)):
+        if e.pos.size != nodes[i].weight.size:
+            raise SlthError(f"ticket layer pair {k} computes {list(e.pos.shape)} but the target "
+                            f"layer is {list(nodes[i].weight.shape)}")
+    shapes = {i: tuple(nd.shape) for i, nd in enumerate(nodes)}
+    d0 = int(np.prod(shapes[0]))
+    last = list(range(len(nodes)))
+    for i, nd in enumerate(nodes):
+        for j in nd.inputs:
+            last[j] = max(last[j], i)
+    vals = {0: _input_value(d0, domain)}
+    per_layer, n_unstable = [], []
+    for i, nd in enumerate(nodes[1:], start=1):
+        if nd.op in ("linear", "conv"):
+            k = affine.index(i)
+            op = Affine(nd, shapes[nd.inputs[0]])
+            v = vals[nd.inputs[0]]
+            vals[i] = (_first_affine(op, eff[k], nd.bias, domain, d0) if v.is_input
+                       else _affine(op, eff[k], nd.bias, v, domain))
+            dl, dh = vals[i].deviation(domain)
+            per_layer.append(float(np.maximum(np.abs(dl), np.abs(dh)).max(initial=0.0)))
+        elif nd.op == "relu":
+            vals[i], unstable = _relu(vals[nd.inputs[0]], domain)
+            n_unstable.append(unstable)
+        else:
+            vals[i] = _node_value(nd, vals, shapes, domain)
+        for j in set(nd.inputs):
+            if last[j] == i:
+                del vals[j]
+    dl, dh = vals[len(nodes) - 1].deviation(domain)
+    bound = float(np.maximum(np.abs(dl), np.abs(dh)).max(initial=0.0))
+    return {"certified_bound": bound, "per_layer_deviation": per_layer,
             "unstable_units": n_unstable}
-
-
-def certified_bound(target: MLP, eff: list[EffectiveLayer], domain: Domain | None = None) -> float:
-    """Rigorous upper bound on max_{x in domain} ||F(x) - G_hat(x)||_inf (see module docs)."""
-    return bound_details(target, eff, domain or Domain())["certified_bound"]
 
 
 # ------------------------------------------------------------------------------------------
 # errors actually found
 
 
-def effective_forward(target_dims, eff: list[EffectiveLayer], x):
-    """The ticket's function through its effective form (torch; differentiable)."""
+def effective_forward(target, eff: list[EffectiveLayer], x):
+    """The ticket's function through its effective form (torch; differentiable): the target's
+    graph with every affine op z = W h + c replaced by P relu(h) + N relu(-h) + b. ``target``: a
+    target (MLP or Net) or, for an MLP, its widths."""
     import torch
 
-    h = x
-    for i, e in enumerate(eff):
-        P = torch.as_tensor(e.pos, dtype=x.dtype)
-        N = torch.as_tensor(e.neg, dtype=x.dtype)
-        b = torch.as_tensor(e.bias, dtype=x.dtype)
-        # inputs that are all >= 0 (past layer 1: post-ReLU; images) make relu(-h) = 0: the
-        # N term vanishes exactly, value and gradient
-        h = (torch.relu(h) @ P.T + torch.relu(-h) @ N.T if bool((h < 0).any())
-             else h @ P.T) + b
-        if i < len(eff) - 1:
-            h = torch.relu(h)
-    return h
+    if isinstance(target, (list, tuple, MLP)):
+        h = x
+        for i, e in enumerate(eff):
+            h = _effective_linear(e, h, x.dtype)
+            if i < len(eff) - 1:
+                h = torch.relu(h)
+        return h
+    return _effective_graph(target, eff, x)
 
 
-def _target_torch(target: MLP, x):
+def _effective_linear(e: EffectiveLayer, h, dtype):
     import torch
 
+    P = torch.as_tensor(e.pos, dtype=dtype)
+    N = torch.as_tensor(e.neg, dtype=dtype)
+    b = torch.as_tensor(e.bias, dtype=dtype)
+    # inputs that are all >= 0 (past layer 1: post-ReLU; images) make relu(-h) = 0: the
+    # N term vanishes exactly, value and gradient
+    return (torch.relu(h) @ P.T + torch.relu(-h) @ N.T if bool((h < 0).any())
+            else h @ P.T) + b
+
+
+def _effective_graph(target, eff, x):
+    import torch
+    import torch.nn.functional as F
+
+    from .nets import AFFINE_OPS, apply_node
+
+    nodes = target.nodes
+    k = iter(eff)
+    vals = {0: x.reshape(x.shape[0], *target.in_shape)}
+    for i, nd in enumerate(nodes[1:], start=1):
+        h = vals[nd.inputs[0]]
+        if nd.op not in AFFINE_OPS:
+            vals[i] = apply_node(nd, [vals[j] for j in nd.inputs])
+            continue
+        e = next(k)
+        if nd.op == "linear":
+            vals[i] = _effective_linear(e, h, x.dtype)
+            continue
+        a, shape = nd.attrs, nd.weight.shape
+        P, N = (torch.as_tensor(m.reshape(shape), dtype=x.dtype) for m in (e.pos, e.neg))
+        y = F.conv2d(torch.relu(h), P, None, a["stride"], a["padding"], a["dilation"])
+        if bool((h < 0).any()):
+            y = y + F.conv2d(torch.relu(-h), N, None, a["stride"], a["padding"], a["dilation"])
+        vals[i] = y + torch.as_tensor(e.bias, dtype=x.dtype)[:, None, None]
+    return vals[len(nodes) - 1]
+
+
+def _target_torch(target, x):
+    import torch
+
+    if not isinstance(target, MLP):
+        return target.torch_forward(x)
     h = x
     for i, (W, c) in enumerate(zip(target.weights, target.biases)):
         h = h @ torch.as_tensor(W, dtype=x.dtype).T
@@ -229,7 +459,7 @@ def _target_torch(target: MLP, x):
     return h
 
 
-def ascend_in_groups(target: MLP, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarray,
+def ascend_in_groups(target, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarray,
                      steps: int) -> np.ndarray:
     """Projected gradient ascent on ||F(x) - G_hat(x)||_inf over the domain from each row of x0
     [M, d] (``search_starts``): ``ascend`` in consecutive groups of ``ASCENT_GROUP`` rows."""
@@ -260,7 +490,7 @@ def search_starts(d: int, domain: Domain, starts: np.ndarray | None, restarts: i
     return x.numpy()
 
 
-def ascend(target: MLP, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarray,
+def ascend(target, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarray,
            steps: int) -> np.ndarray:
     """``steps`` steps of projected gradient ascent from each row of x0 [M, d]; returns [M, d].
     Rows do not interact (each follows its own deviation)."""
@@ -269,7 +499,7 @@ def ascend(target: MLP, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarra
     x = torch.tensor(x0, dtype=torch.float64, requires_grad=True)
     scale = domain.radius if domain.kind == "ball" else (domain.hi - domain.lo)
     for t in range(steps):
-        diff = _target_torch(target, x) - effective_forward(target.dims, eff, x)
+        diff = _target_torch(target, x) - effective_forward(target, eff, x)
         obj = diff.abs().max(dim=1).values.sum()
         (grad,) = torch.autograd.grad(obj, x)
         step = 0.05 * scale * (1 - t / steps) + 1e-3 * scale
@@ -282,7 +512,7 @@ def ascend(target: MLP, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarra
     return x.detach().numpy()
 
 
-def max_output_error(target: MLP, ticket_forward, x: np.ndarray) -> float:
+def max_output_error(target, ticket_forward, x: np.ndarray) -> float:
     """max over rows of ||F(x) - G_hat(x)||_inf, G_hat evaluated by ``ticket_forward`` (float64)."""
     if len(x) == 0:
         return 0.0
