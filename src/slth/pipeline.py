@@ -26,6 +26,7 @@ from .certify import Domain, bound_details
 from .constructions.base import Method, TargetLayer, Tensor, target_layers
 from .distributed import Pool
 from .errors import SlthError
+from .report import target_dims
 from .tasks import PARTS, chunk_task, layer_task
 from .ticket import EffectiveLayer, MemoryTicket, TicketFile, sparsity_summary, ticket_specs
 
@@ -306,10 +307,70 @@ class Layout:
         return [int(np.prod(first[1:]))] + [t.shape[0] for _, t in self.tensors]
 
 
-def layout_of(method: Method, layers: list[TargetLayer], sizes: list[int], plans: list) -> Layout:
+def layout_of(target, method: Method, layers: list[TargetLayer], sizes: list[int],
+              plans: list) -> Layout:
+    """G's layout: each target layer's tensors (``method.tensors``) in order; for a target that
+    is not an MLP, G's graph: the target's graph with every affine op replaced by its tensors
+    (ReLU between them; a Linear reading a flattened map gets its first tensor before the
+    flatten), every other node copied."""
     tensors = [(i, t) for i, (L, k) in enumerate(zip(layers, sizes))
                for t in method.tensors(L, k, plan=plans[i])]
-    return Layout(tensors, [str(2 * j) for j in range(len(tensors))])
+    from .targets import MLP
+    if isinstance(target, MLP):
+        return Layout(tensors, [str(2 * j) for j in range(len(tensors))])
+    graph = g_graph(target, layers, tensors)
+    from .ticket import Ticket
+    return Layout(tensors, Ticket.names_of(graph), graph)
+
+
+def g_graph(target, layers: list[TargetLayer], tensors: list[tuple[int, Tensor]]) -> dict:
+    """G's graph (``slth.ticket.graph``) for a ``Net`` target."""
+    nodes = target.nodes
+    out = [{"op": "input", "inputs": [], "shape": list(nodes[0].shape)}]
+    where, gadgets = {0: 0}, []
+    by_layer: dict[int, list[int]] = {}
+    for j, (i, _) in enumerate(tensors):
+        by_layer.setdefault(i, []).append(j)
+
+    def add(op, inputs, attrs=None, **kw):
+        out.append({"op": op, "inputs": list(inputs), "attrs": attrs or {}, **kw})
+        return len(out) - 1
+
+    for i, nd in enumerate(nodes[1:], start=1):
+        if nd.op not in ("linear", "conv"):
+            where[i] = add(nd.op, [where[j] for j in nd.inputs], _jsonable_attrs(nd.attrs))
+            continue
+        k = target.affine.index(i)
+        L, src = layers[k], nd.inputs[0]
+        h = where[nodes[src].inputs[0]] if L.kind == "flat" else where[src]
+        js = by_layer[k]
+        for n, j in enumerate(js):
+            t = tensors[j][1]
+            if L.kind == "flat" and t.op == "linear" and out[h]["op"] != "flatten":
+                h = add("flatten", [h])
+            h = add(t.op, [h], _jsonable_attrs(t.attrs), layer=j)
+            if n < len(js) - 1:
+                h = add("relu", [h])
+        where[i] = h
+        gadgets.append({"kind": "pair", "widen": js[0], "combine": js[-1],
+                        "channels": L.channels, "group": L.group})
+    return {"nodes": _prune(out), "gadgets": gadgets}
+
+
+def _jsonable_attrs(a: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()}
+
+
+def _prune(nodes: list[dict]) -> list[dict]:
+    """Drop nodes the output does not depend on (a target's flatten whose Linear now reads the
+    widened map), renumbering the rest."""
+    need = {len(nodes) - 1}
+    for i in range(len(nodes) - 1, -1, -1):
+        if i in need:
+            need.update(nodes[i]["inputs"])
+    keep = sorted(need)
+    new = {old: k for k, old in enumerate(keep)}
+    return [{**nodes[i], "inputs": [new[j] for j in nodes[i]["inputs"]]} for i in keep]
 
 
 def write_ticket(sink, solver: Solver, sizes: list[int], layout: Layout, shared_fs: bool,
@@ -392,8 +453,9 @@ def write_ticket(sink, solver: Solver, sizes: list[int], layout: Layout, shared_
 # ----------------------------------------------------------------------------- build
 def target_meta(target) -> dict:
     """What a ticket records of its target."""
-    return {"target_dims": target.dims, "target_has_bias": target.has_bias,
+    return {"target_dims": target_dims(target), "target_has_bias": target.has_bias,
             "target_fingerprint": target.fingerprint()}
+
 
 
 @dataclass
@@ -445,11 +507,11 @@ def build(target, method: Method, *, n=None, eps: float | None = None, seed: int
     sizes = resolve_sizes(solver, target, n, eps, domain, search)
     solve_s = time.perf_counter() - t0
     plans = [solver.plan(i, k) for i, k in enumerate(sizes)]
-    layout = layout_of(method, layers, sizes, plans)
+    layout = layout_of(target, method, layers, sizes, plans)
     head = {"method": method.name, "seed": seed, method.size.key: sizes, **method.describe(),
             **(meta if meta is not None else target_meta(target))}
     stats = solver.stats
-    with (sink_of or MemoryTicket)(layout.specs(), head) as sink:
+    with (sink_of or MemoryTicket)(layout.specs(), head, layout.graph) as sink:
         (say or (lambda *a: None))("writing G and its masks", None, None)
         t1 = time.perf_counter()
         per_tensor = write_ticket(sink, solver, sizes, layout, pool.shared_fs, stats)
@@ -485,7 +547,7 @@ def construct(target, method: str | Method = "pensia", *, n=None, eps: float | N
     m = method if isinstance(method, Method) else get(method, **settings)
     say = (lambda msg, done=None, total=None: progress(msg)) if progress else None
     built = build(target, m, n=n, eps=eps, seed=seed, domain=domain, threads=threads, say=say)
-    return Construction(built.sink.ticket(built.layout.names, built.layout.graph), built.info,
+    return Construction(built.sink.ticket(built.layout.names), built.info,
                         built)
 
 

@@ -21,6 +21,13 @@ from .constructions import Construction
 from .targets import MLP
 
 
+def target_dims(target) -> list:
+    """An MLP's widths [d_0, ..., d_l]; a Net's input shape and each affine op's output shape."""
+    if isinstance(target, MLP):
+        return target.dims
+    return [list(target.in_shape)] + [list(target.nodes[i].shape) for i in target.affine]
+
+
 def evaluate(target: MLP, con: Construction, domain: Domain, data=None, *, seed: int = 0,
              restarts: int = 32, steps: int = 100, starts_from_data: int = 32,
              literal_check: int = 500,
@@ -38,7 +45,7 @@ def evaluate(target: MLP, con: Construction, domain: Domain, data=None, *, seed:
         import torch
         with torch.no_grad():
             return np.concatenate([fwd(torch.as_tensor(x[i:i + 500], dtype=torch.float64)).numpy()
-                                   for i in range(0, len(x), 500)]) if len(x) else np.zeros((0, target.dims[-1]))
+                                   for i in range(0, len(x), 500)]) if len(x) else np.zeros((0, target.out_dim))
 
     return evaluate_parts(target, con.info, t.sparsity_report(), t.widths, t.effective(), literal,
                           domain, data, seed=seed, restarts=restarts, steps=steps,
@@ -64,7 +71,7 @@ def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], e
         "eps": info.get("eps"),
         "domain": domain.as_dict(),
         "seed": seed,
-        "target_dims": getattr(target, "dims", None),
+        "target_dims": target_dims(target),
         "target_params": target.n_params,
         "random_params": sparsity["params"],
         "active_params": sparsity["active"],
@@ -84,7 +91,7 @@ def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], e
         """The same masked network read through its effective form (reassociated sums)."""
         import torch
         with torch.no_grad():
-            return effective_forward(target.dims, eff, torch.as_tensor(x, dtype=torch.float64)).numpy()
+            return effective_forward(target, eff, torch.as_tensor(x, dtype=torch.float64)).numpy()
 
     starts = None
     if data is not None:
@@ -116,7 +123,7 @@ def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], e
                     "ticket_accuracy": None, "agreement": None})
     say("gradient ascent on the error")
     t0 = time.perf_counter()
-    x0 = search_starts(target.dims[0], domain, starts, restarts, seed)
+    x0 = search_starts(target.in_dim, domain, starts, restarts, seed)
     xs = (ascend_all(x0, steps) if ascend_all is not None
           else ascend_in_groups(target, eff, domain, x0, steps))
     rep["ascent_seconds"] = time.perf_counter() - t0

@@ -69,8 +69,9 @@ class Run:
 # ------------------------------------------------------------------ settings and folders
 def settings_key(target, method: str, settings: dict, domain, data: str | None) -> dict:
     """What a run's result depends on (not: workers, scheduler, threads, chunk size, paths)."""
+    from .report import target_dims
     return {"method": method, "target_fingerprint": target.fingerprint(),
-            "target_dims": target.dims, "settings": settings,
+            "target_dims": target_dims(target), "settings": settings,
             "domain": domain.as_dict(), "data": data}
 
 
@@ -209,8 +210,10 @@ def execute(target, method: str = "pensia", settings: dict | None = None,
             rows = json.loads((folder / "settings.json").read_text()).get("chunk_rows_per_layer")
         else:
             from .constructions.base import target_layers
-            rows = rows_per_chunk(layer_shapes(target_layers(target)), chunk_weights)
+            shapes = layer_shapes(target_layers(target))
+            rows = rows_per_chunk(shapes, chunk_weights)
             write_json(folder / "settings.json", {**key, "chunk_rows_per_layer": rows,
+                                                  "layer_rows": [o for o, _ in shapes],
                                                   "created": time.strftime("%Y-%m-%d %H:%M:%S")})
         where = (f"{workers} local Dask workers" if workers else
                  f"Dask scheduler {scheduler}" if scheduler else "this process")
@@ -288,8 +291,8 @@ def _build_in_folder(folder, target, m, n, eps, seed, domain, ds, rows, log, say
 
     with pool_for(workers, scheduler, started) as pool:
         built = build(target, m, n=n, eps=eps, seed=seed, domain=domain, pool=pool,
-                      sink_of=lambda specs, meta: TicketFile(folder / "ticket.safetensors",
-                                                             specs, meta),
+                      sink_of=lambda specs, meta, graph: TicketFile(
+                          folder / "ticket.safetensors", specs, meta, graph),
                       store=store, chunk_rows=rows, threads=threads, log=log, say=say,
                       then=report)
     stats.update(built.stats)
@@ -309,6 +312,8 @@ def literal_of(sink, built, pool):
     from .tasks import PARTS, literal_task
 
     tensors = list(zip(built.layout.names, built.layout.tensors))
+    if built.layout.graph is not None:     # a graph G (convolutional targets) is small: run it
+        return lambda x: sink.ticket(built.layout.names).forward(np.asarray(x, np.float64))
 
     def literal(x):
         h = np.asarray(x, np.float64)
@@ -371,8 +376,9 @@ def list_runs(runs_dir: str | os.PathLike = "runs") -> list[dict]:
             rep = json.loads((folder / "report.json").read_text())
             row.update(status="finished", density=rep.get("density"),
                        sparsity=rep.get("sparsity"), certified_bound=rep.get("certified_bound"))
-        elif st.get("chunk_rows_per_layer"):
-            total = len(plan_chunks(st["target_dims"], st["chunk_rows_per_layer"]))
+        elif st.get("chunk_rows_per_layer") and st["settings"].get("n") is not None:
+            outs = st.get("layer_rows") or st["target_dims"][1:]
+            total = sum(-(-o // r) for o, r in zip(outs, st["chunk_rows_per_layer"]))
             done = len(list((folder / "chunks").glob("L*.npz")))
             row["status"] = f"{done}/{total} chunks"
         else:

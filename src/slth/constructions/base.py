@@ -88,12 +88,33 @@ class TargetLayer:
 
 
 def target_layers(target) -> list[TargetLayer]:
-    """The target's affine layers in matrix form (an ``MLP``: one Linear layer each)."""
-    layers = getattr(target, "layer_specs", None)
-    if layers is not None:
-        return layers()
-    return [TargetLayer(i, W, c, W.shape[0]) for i, (W, c) in enumerate(zip(target.weights,
-                                                                           target.biases))]
+    """The target's affine layers in matrix form: an ``MLP``'s Linear layers; a ``Net``'s
+    convolutions (kind "conv"), Linear layers reading a flattened feature map ("flat") and
+    Linear layers on vectors ("linear")."""
+    from ..targets import MLP
+
+    if isinstance(target, MLP):
+        return [TargetLayer(i, W, c, W.shape[0]) for i, (W, c) in enumerate(zip(target.weights,
+                                                                               target.biases))]
+    nodes, out = target.nodes, []
+    for k, i in enumerate(target.affine):
+        nd, src = nodes[i], nodes[nodes[i].inputs[0]]
+        O = nd.weight.shape[0]
+        if nd.op == "conv":
+            C, H, W = src.shape
+            a = nd.attrs
+            out.append(TargetLayer(k, nd.weight.reshape(O, -1), nd.bias, O, 0,
+                                   int(np.prod(nd.weight.shape[2:])), "conv",
+                                   {"kernel": tuple(nd.weight.shape[2:]), "stride": a["stride"],
+                                    "padding": a["padding"], "dilation": a["dilation"],
+                                    "in_hw": (H, W)}))
+        elif src.op == "flatten" and len(nodes[src.inputs[0]].shape) == 3:
+            C, H, W = nodes[src.inputs[0]].shape
+            out.append(TargetLayer(k, nd.weight, nd.bias, O, 0, H * W, "flat",
+                                   {"in_chw": (C, H, W)}))
+        else:
+            out.append(TargetLayer(k, nd.weight, nd.bias, O))
+    return out
 
 
 # ----------------------------------------------------------------------------- G's tensors

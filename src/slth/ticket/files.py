@@ -28,10 +28,12 @@ FORMAT = "slth-ticket"
 FORMAT_VERSION = "1"
 
 
-def _metadata(meta: dict, compact: bool = False) -> dict:
+def _metadata(meta: dict, compact: bool = False, graph: dict | None = None) -> dict:
     # one key only: safetensors writes its metadata map in no fixed order, and tickets
     # must be byte-identical for the same seed and settings
     head = {"format": FORMAT, "version": FORMAT_VERSION, "compact": compact, "meta": meta}
+    if graph is not None:
+        head["graph"] = graph
     return {"slth": json.dumps(jsonable(head), sort_keys=True)}
 
 
@@ -60,10 +62,10 @@ class MemoryTicket:
     """A ticket assembled in memory, with ``TicketFile``'s writing interface (``put``,
     ``set_true``, ``read_rows``; no slots: tasks hand their rows back). ``arrays[name]``."""
 
-    def __init__(self, specs: dict, meta: dict):
+    def __init__(self, specs: dict, meta: dict, graph: dict | None = None):
         self.arrays = {k: np.zeros(shape, dt) for k, (dt, shape) in specs.items()}
         self.where = self.arrays
-        self.meta = meta
+        self.meta, self.graph = meta, graph
 
     def put(self, name: str, array: np.ndarray, row0: int = 0) -> None:
         self.arrays[name][row0:row0 + len(array)] = array
@@ -74,11 +76,11 @@ class MemoryTicket:
     def read_rows(self, name: str, r0: int, r1: int) -> np.ndarray:
         return self.arrays[name][r0:r1]
 
-    def ticket(self, names: list[str], graph=None) -> Ticket:
+    def ticket(self, names: list[str]) -> Ticket:
         """The ticket held here (tensors with state-dict prefixes ``names``, in G's order)."""
         a = self.arrays
         return Ticket([Layer(a[f"{k}.weight_orig"], a[f"{k}.weight_mask"], a.get(f"{k}.bias_orig"),
-                             a.get(f"{k}.bias_mask")) for k in names], self.meta, graph)
+                             a.get(f"{k}.bias_mask")) for k in names], self.meta, self.graph)
 
     def slot(self, name: str):
         return None
@@ -106,7 +108,8 @@ class TicketFile:
     BOOL, then by name; compact JSON header padded with spaces to 8 bytes), checked by the tests.
     """
 
-    def __init__(self, path: str | os.PathLike, specs: dict, meta: dict):
+    def __init__(self, path: str | os.PathLike, specs: dict, meta: dict,
+                 graph: dict | None = None):
         import struct
 
         self.path = Path(path)
@@ -114,7 +117,7 @@ class TicketFile:
         # into this one
         self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{os.urandom(4).hex()}.part")
         order = sorted(specs, key=lambda k: (-_ST_DTYPES[np.dtype(specs[k][0])][1], k))
-        header: dict = {"__metadata__": _metadata(meta)}
+        header: dict = {"__metadata__": _metadata(meta, graph=graph)}
         self.where: dict[str, tuple[int, np.dtype, tuple]] = {}
         end = 0
         for k in order:
@@ -127,6 +130,7 @@ class TicketFile:
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)
         self.base = 8 + len(text)
+        self.meta, self.graph = meta, graph
         self.f = open(self.tmp, "wb")
         self.f.write(struct.pack("<Q", len(text)) + text)
         self.f.truncate(self.base + end)     # unwritten bytes read as zeros
@@ -149,6 +153,14 @@ class TicketFile:
         """Rows r0:r1 of tensor ``name`` as written so far (by any process)."""
         self.f.flush()
         return read_rows(self.slot(name), r0, r1)
+
+    def ticket(self, names: list[str]) -> Ticket:
+        """The ticket written so far, read back whole (tensors prefixed ``names``)."""
+        def get(k):
+            return self.read_rows(k, 0, self.where[k][2][0]) if k in self.where else None
+        return Ticket([Layer(get(f"{k}.weight_orig"), get(f"{k}.weight_mask"),
+                             get(f"{k}.bias_orig"), get(f"{k}.bias_mask")) for k in names],
+                      self.meta, self.graph)
 
     def sync(self) -> None:
         """Flush everything written so far (by any process) to disk."""
@@ -229,30 +241,34 @@ def load_ticket(path: str | os.PathLike) -> Ticket:
         head = {}
     if head.get("format") != FORMAT:
         raise SlthError(f"{path} is not an slth ticket (no '{FORMAT}' metadata)")
-    meta = head.get("meta", {})
+    meta, graph = head.get("meta", {}), head.get("graph")
+    names = (Ticket([], graph=graph).names_of(graph) if graph is not None
+             else [str(k) for k in range(0, 2 * len(t), 2)])
     layers = []
-    k = 0
-    if head.get("compact"):
-        while f"{k}.shape" in t:
-            out_d, in_d = (int(v) for v in t[f"{k}.shape"])
+    for k in names:
+        if head.get("compact"):
+            if f"{k}.shape" not in t:
+                break
+            shape = tuple(int(v) for v in t[f"{k}.shape"])
             crow, col, val = t[f"{k}.crow_indices"], t[f"{k}.col_indices"], t[f"{k}.values"]
-            rows = np.repeat(np.arange(out_d), np.diff(crow))
-            w = np.zeros((out_d, in_d), np.float32)
-            m = np.zeros((out_d, in_d), bool)
+            rows = np.repeat(np.arange(shape[0]), np.diff(crow))
+            w = np.zeros((shape[0], int(np.prod(shape[1:]))), np.float32)
+            m = np.zeros(w.shape, bool)
             w[rows, col] = val
             m[rows, col] = True
             b = t.get(f"{k}.bias")
-            layers.append(Layer(w, m, b, None if b is None else b != 0))
-            k += 2
-        meta = dict(meta, compact=True)
-    else:
-        while f"{k}.weight_orig" in t:
+            layers.append(Layer(w.reshape(shape), m.reshape(shape), b,
+                                None if b is None else b != 0))
+        else:
+            if f"{k}.weight_orig" not in t:
+                break
             b = t.get(f"{k}.bias_orig")
             layers.append(Layer(t[f"{k}.weight_orig"], t[f"{k}.weight_mask"].astype(bool), b,
                                 None if b is None else t[f"{k}.bias_mask"].astype(bool)))
-            k += 2
+    if head.get("compact"):
+        meta = dict(meta, compact=True)
     if not layers:
         raise SlthError(f"{path} holds no ticket layers")
-    return Ticket(layers, meta)
+    return Ticket(layers, meta, graph)
 
 

@@ -88,7 +88,11 @@ class Ticket:
 
     # ---------------------------------------------------------------- torch
     def module(self):
-        """``nn.Sequential`` of Linear/ReLU with prune-style ``weight_orig``/``weight_mask``."""
+        """``nn.Sequential`` of Linear/ReLU (a graph ticket: ``torch.fx.GraphModule``) whose
+        Linear/Conv2d layers carry prune-style ``weight_orig``/``weight_mask``."""
+        if self.graph is not None:
+            from .graph import graph_module
+            return graph_module(self)
         import torch
         from torch import nn
         from torch.nn.utils import prune
@@ -116,6 +120,13 @@ class Ticket:
         """
         import torch
 
+        if self.graph is not None:
+            from .graph import graph_forward
+            with torch.no_grad():
+                outs = [graph_forward(self, torch.as_tensor(np.ascontiguousarray(x[i:i + batch]),
+                                                            dtype=dtype or torch.float64),
+                                      dtype).numpy() for i in range(0, len(x), batch)]
+            return np.concatenate(outs) if outs else np.zeros((0, self.layers[-1].shape[0]))
         net = self.fast_module(dtype or torch.float64)
         outs = []
         with torch.no_grad():
@@ -125,9 +136,12 @@ class Ticket:
         return np.concatenate(outs) if outs else np.zeros((0, self.widths[-1]))
 
     def fast_module(self, dtype=None):
-        """A torch module computing the pruned network efficiently (see ``forward``)."""
+        """A callable computing the pruned network efficiently (see ``forward``)."""
         import torch
 
+        if self.graph is not None:
+            from .graph import graph_forward
+            return lambda x: graph_forward(self, x, dtype or torch.float64)
         return _FastTicketNet(self, dtype or torch.float64)
 
     # ---------------------------------------------------------------- effective form
@@ -138,6 +152,9 @@ class Ticket:
         its bias (the gadget form all three constructions produce). Computed from G's weights and
         masks alone - not from any construction's bookkeeping.
         """
+        if self.graph is not None:
+            from .graph import graph_effective
+            return graph_effective(self)
         if len(self.layers) % 2:
             raise SlthError(f"ticket has {len(self.layers)} layers; the effective form needs "
                             "an even depth (pairs of widen/combine layers)")
@@ -154,18 +171,31 @@ class Ticket:
         """Write the full ticket (G and masks) as safetensors (``slth.ticket.files``)."""
         from .files import TicketFile
 
-        with TicketFile(path, self.tensor_specs(), self.meta) as f:
-            for i, L in enumerate(self.layers):
-                f.put(f"{2 * i}.weight_orig", L.weight)
-                f.put(f"{2 * i}.weight_mask", L.mask)
+        with TicketFile(path, self.tensor_specs(), self.meta, self.graph) as f:
+            for k, L in zip(self.names, self.layers):
+                f.put(f"{k}.weight_orig", L.weight)
+                f.put(f"{k}.weight_mask", L.mask)
                 if L.bias is not None:
-                    f.put(f"{2 * i}.bias_orig", L.bias)
-                    f.put(f"{2 * i}.bias_mask", L.bias_mask)
+                    f.put(f"{k}.bias_orig", L.bias)
+                    f.put(f"{k}.bias_mask", L.bias_mask)
+
+    @property
+    def names(self) -> list[str]:
+        """State-dict prefix of each layer: 0, 2, 4, ... in a chain; its node's position - 1 in
+        a graph."""
+        if self.graph is None:
+            return [str(2 * i) for i in range(len(self.layers))]
+        return self.names_of(self.graph)
+
+    @staticmethod
+    def names_of(graph: dict) -> list[str]:
+        at = {nd["layer"]: i for i, nd in enumerate(graph["nodes"]) if "layer" in nd}
+        return [str(at[j] - 1) for j in range(len(at))]
 
     def tensor_specs(self) -> dict:
         from .files import ticket_specs
 
-        return ticket_specs([(L.shape, L.bias is not None) for L in self.layers])
+        return ticket_specs([(L.shape, L.bias is not None) for L in self.layers], self.names)
 
     def save_compact(self, path: str | os.PathLike) -> None:
         """Write only the active weights (CSR per layer; ``slth.ticket.files``)."""
@@ -175,18 +205,19 @@ class Ticket:
         from .files import _atomic_save, _metadata
 
         tensors = {}
-        for i, L in enumerate(self.layers):
-            k = 2 * i
-            rows, cols = np.nonzero(L.mask)
+        for k, L in zip(self.names, self.layers):
+            rows, cols = np.nonzero(L.mask.reshape(L.shape[0], -1))
             crow = np.zeros(L.shape[0] + 1, np.int64)
             np.add.at(crow, rows + 1, 1)
             tensors[f"{k}.crow_indices"] = torch.from_numpy(np.cumsum(crow))
             tensors[f"{k}.col_indices"] = torch.from_numpy(cols.astype(np.int32))
-            tensors[f"{k}.values"] = torch.from_numpy(L.weight[rows, cols].astype(np.float32))
+            tensors[f"{k}.values"] = torch.from_numpy(
+                L.weight.reshape(L.shape[0], -1)[rows, cols].astype(np.float32))
             tensors[f"{k}.shape"] = torch.tensor(list(L.shape), dtype=torch.int64)
             if L.bias is not None:
                 tensors[f"{k}.bias"] = torch.from_numpy(L.masked_bias(np.float32).astype(np.float32))
-        _atomic_save(save_file, tensors, path, _metadata(self.meta, compact=True))
+        _atomic_save(save_file, tensors, path, _metadata(self.meta, compact=True,
+                                                         graph=self.graph))
 
 
 def sparsity_summary(layers: list[tuple[tuple[int, int], int, int]]) -> dict:
