@@ -41,7 +41,7 @@ import numpy as np
 
 from .errors import SlthError
 from .targets import MLP
-from .ticket import EffectiveLayer
+from .ticket import EffectiveCopies, EffectiveLayer
 
 DOMAINS = ("box", "ball")
 _ROUND = 1e-12
@@ -104,13 +104,13 @@ class Affine:
     vectors of units: ``apply(K, v)`` is the op with kernel K (the target's own weight, or any
     array of its shape) on v [units_in] or on the columns of v [units_in, k]."""
 
-    def __init__(self, node, in_shape: tuple):
+    def __init__(self, node, in_shape: tuple, W: np.ndarray | None = None):
         self.node, self.in_shape = node, tuple(in_shape)
         self.conv = node.op == "conv"
-        self.W = node.weight
+        self.W = node.weight if W is None else W
 
     def kernel(self, M: np.ndarray) -> np.ndarray:
-        return M.reshape(self.W.shape)
+        return M.reshape(M.shape[0], -1, *self.node.weight.shape[2:])
 
     def apply(self, K: np.ndarray, v: np.ndarray) -> np.ndarray:
         if not self.conv:
@@ -152,9 +152,11 @@ class Affine:
 
 @dataclass
 class _Value:
-    """What the bound knows of one node's value: the target's interval [l, u], and the deviation
-    D = G_hat - F as an affine function of the input plus an interval, A x + [rl, rh] (A None: no
-    affine part), within [el, eh] (exact bounds, or infinite). nonneg: both values are >= 0."""
+    """What the bound knows of one node's value: the target's interval [l, u] (per unit), and the
+    deviation D = G_hat - F of each of G's carriers of it (``copies`` per unit, carrier of unit u
+    copy m at u * copies + m along the channel axis) as an affine function of the input plus an
+    interval, A x + [rl, rh] (A None: no affine part), within [el, eh] (exact bounds, or
+    infinite). nonneg: both values are >= 0."""
 
     l: np.ndarray
     u: np.ndarray
@@ -167,6 +169,11 @@ class _Value:
     gl: np.ndarray | None = None      # the ticket's value interval, when known more tightly
     gh: np.ndarray | None = None
     is_input: bool = False            # the input itself (possibly flattened): exact, no deviation
+    copies: int = 1
+
+    def unit(self, a: np.ndarray, shape: tuple) -> np.ndarray:
+        """A per-unit array repeated over this value's carriers."""
+        return _expand(a, shape, self.copies)
 
     def deviation(self, dom: Domain) -> tuple[np.ndarray, np.ndarray]:
         """Concrete bounds [dl, dh] of D over the domain (widened for rounding)."""
@@ -179,11 +186,18 @@ class _Value:
             dl, dh = np.maximum(dl, self.el), np.minimum(dh, self.eh)
         return dl - _ROUND * np.abs(dl), dh + _ROUND * np.abs(dh)
 
-    def ticket(self, dom: Domain) -> tuple[np.ndarray, np.ndarray]:
+    def ticket(self, dom: Domain, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """The ticket's value interval per carrier."""
         if self.gl is not None:
             return self.gl, self.gh
         dl, dh = self.deviation(dom)
-        return self.l + dl, self.u + dh
+        return self.unit(self.l, shape) + dl, self.unit(self.u, shape) + dh
+
+
+def _expand(a: np.ndarray, shape: tuple, copies: int) -> np.ndarray:
+    """Per-unit values of a node of ``shape`` ((d,) or (C, H, W)) repeated for ``copies``
+    carriers per unit (copies of a channel are adjacent channels)."""
+    return a if copies == 1 else np.repeat(a.reshape(shape[0], -1), copies, axis=0).ravel()
 
 
 def _input_value(d0: int, dom: Domain) -> _Value:
@@ -199,18 +213,22 @@ def _input_value(d0: int, dom: Domain) -> _Value:
 def _first_affine(op: Affine, e: EffectiveLayer, c, dom: Domain, d0: int) -> _Value:
     """An affine op on the input itself (exact x): D = (P - W) relu(x) + (N + W) relu(-x) + (b - c),
     exactly affine on a nonnegative box; on the ball its exact per-unit range is
-    R ||max(+-E, 0)||_2."""
+    R ||max(+-E, 0)||_2. (e's rows may be several copies of each output channel.)"""
     W = op.W.reshape(op.W.shape[0], -1)
+    k = e.pos.shape[0] // W.shape[0]
+    Wk = np.repeat(W, k, axis=0) if k > 1 else W
+    ck = None if c is None else np.repeat(c, k)
     Wm = op.matrix(W)
-    Ep = op.matrix(e.pos.reshape(W.shape) - W)
-    En = op.matrix(e.neg.reshape(W.shape) + W)
     units = Wm.shape[0]
-    eb = op.per_unit(e.bias, units) - op.per_unit(c, units)
     l, u = _concretize(Wm, dom)
     l, u = l + op.per_unit(c, units), u + op.per_unit(c, units)
+    op = Affine(op.node, op.in_shape, Wk) if k > 1 else op
+    Ep = op.matrix(e.pos.reshape(Wk.shape) - Wk)
+    En = op.matrix(e.neg.reshape(Wk.shape) + Wk)
+    eb = op.per_unit(e.bias, len(Ep)) - op.per_unit(ck, len(Ep))
     if dom.kind == "box" and dom.lo >= 0:
         el, eh = _concretize(Ep, dom)
-        return _Value(l, u, Ep, eb, eb.copy(), el + eb, eh + eb)
+        return _Value(l, u, Ep, eb, eb.copy(), el + eb, eh + eb, copies=k)
     S = Ep + En  # E+ relu(x) + E- relu(-x) = E+ x + (E+ + E-) relu(-x)
     R = dom.radius if dom.kind == "ball" else max(abs(dom.lo), abs(dom.hi)) * np.sqrt(d0)
     rl = eb - R * np.linalg.norm(np.maximum(-S, 0), axis=1)
@@ -223,16 +241,20 @@ def _first_affine(op: Affine, e: EffectiveLayer, c, dom: Domain, d0: int) -> _Va
         cand = np.stack([Ep * max(hi, 0), Ep * max(lo, 0), -En * min(lo, 0), -En * min(hi, 0),
                          np.zeros_like(Ep)])
         el, eh = eb + cand.min(0).sum(1), eb + cand.max(0).sum(1)
-    return _Value(l, u, Ep, rl, rh, el, eh)
+    return _Value(l, u, Ep, rl, rh, el, eh, copies=k)
 
 
-def _affine(op: Affine, e: EffectiveLayer, c, v: _Value, dom: Domain) -> _Value:
+def _affine(op: Affine, e, c, v: _Value, dom: Domain) -> _Value:
     """D = W delta + (P - W) relu(h_hat) + (N + W) relu(-h_hat) + (b - c), h_hat the ticket's
     input (the N term vanishes for nonnegative inputs): interval arithmetic on each term, the
     affine part carried through W."""
+    if isinstance(e, EffectiveCopies):
+        return _affine_copies(op, e, c, v, dom)
+    if v.copies != 1:
+        raise SlthError("a widen/combine gadget cannot read copied units")
     W = op.W.reshape(op.W.shape[0], -1)
     Ep = e.pos.reshape(W.shape) - W
-    gl, gh = v.ticket(dom)
+    gl, gh = v.ticket(dom, op.in_shape)
     wl, wh = op.imul(W, v.rl, v.rh)
     pl, ph = op.imul(Ep, np.maximum(gl, 0), np.maximum(gh, 0))
     units = len(wl)
@@ -247,12 +269,33 @@ def _affine(op: Affine, e: EffectiveLayer, c, v: _Value, dom: Domain) -> _Value:
     return _Value(l, u, A, rl, rh)
 
 
-def _relu(v: _Value, dom: Domain) -> tuple[_Value, int]:
+def _affine_copies(op: Affine, e: EffectiveCopies, c, v: _Value, dom: Domain) -> _Value:
+    """Copies: D = S delta + (P - W) h + (b - c) per output carrier, h the target's (nonnegative)
+    input, delta the input carriers' deviations; the affine part carried through S."""
+    if not v.nonneg or v.copies != e.copies_in:
+        raise SlthError("a copies gadget needs nonnegative inputs with as many copies as it reads")
+    W = op.W.reshape(op.W.shape[0], -1)
+    k = e.copies_out
+    Wk, ck = (np.repeat(W, k, axis=0), None if c is None else np.repeat(c, k)) if k > 1 else (W, c)
+    in_c = (op.in_shape[0] * v.copies, *op.in_shape[1:])
+    S = Affine(op.node, in_c, e.S)
+    E = Affine(op.node, op.in_shape, Wk)
+    wl, wh = S.imul(e.S, v.rl, v.rh)
+    pl, ph = E.imul(e.P - Wk, v.l, v.u)
+    units = len(wl)
+    eb = E.per_unit(e.bias, units) - E.per_unit(ck, units)
+    l, u = op.imul(W, v.l, v.u)
+    l, u = l + op.per_unit(c, len(l)), u + op.per_unit(c, len(l))
+    A = None if v.A is None else S.apply(e.S, v.A)
+    return _Value(l, u, A, wl + pl + eb, wh + ph + eb, copies=k)
+
+
+def _relu(v: _Value, dom: Domain, shape: tuple) -> tuple[_Value, int]:
     """With z in [l, u] and D in [dl, dh], the change of the activation lies in
     [min(0, dl), max(0, dh)] and in [-max(0, u), max(0, u + dh)]; it is exactly 0 when u <= 0 and
     u + dh <= 0, exactly D when l >= 0 and l + dl >= 0 (the affine part is kept)."""
     dl, dh = v.deviation(dom)
-    l, u = v.l, v.u
+    l, u = v.unit(v.l, shape), v.unit(v.u, shape)
     inactive = (u <= 0) & (u + dh <= 0)
     active = (l >= 0) & (l + dl >= 0)
     unstable = ~(inactive | active)
@@ -261,8 +304,8 @@ def _relu(v: _Value, dom: Domain) -> tuple[_Value, int]:
     A = None if v.A is None else np.where(active[:, None], v.A, 0.0)
     rl = np.where(active, v.rl, np.where(unstable, del_l, 0.0))
     rh = np.where(active, v.rh, np.where(unstable, del_h, 0.0))
-    out = _Value(np.maximum(l, 0), np.maximum(u, 0), A, rl, rh, nonneg=True,
-                 gl=np.maximum(l + dl, 0), gh=np.maximum(u + dh, 0))
+    out = _Value(np.maximum(v.l, 0), np.maximum(v.u, 0), A, rl, rh, nonneg=True,
+                 gl=np.maximum(l + dl, 0), gh=np.maximum(u + dh, 0), copies=v.copies)
     return out, int(unstable.sum())
 
 
@@ -276,38 +319,53 @@ def _pool(fn, v: _Value, shape: tuple, dom: Domain, linear: bool) -> _Value:
         t = torch.from_numpy(np.ascontiguousarray(a, np.float64))
         return fn(t.reshape(-1, *shape)).reshape(t.shape[0] if a.ndim == 2 else 1, -1).numpy()
 
-    def one(a):
-        return f(a[None])[0]
+    def one(a, units=False):
+        return f(a[None])[0] if units or v.copies == 1 else fc(a[None])[0]
 
-    gl, gh = v.ticket(dom)
+    cshape = (shape[0] * v.copies, *shape[1:])
+
+    def fc(a):
+        t = torch.from_numpy(np.ascontiguousarray(a, np.float64))
+        return fn(t.reshape(-1, *cshape)).reshape(t.shape[0], -1).numpy()
+
+    gl, gh = v.ticket(dom, shape)
+    k = v.copies
     if linear:
-        A = None if v.A is None else f(v.A.T).T
-        return _Value(one(v.l), one(v.u), A, one(v.rl), one(v.rh), nonneg=v.nonneg,
-                      gl=one(gl), gh=one(gh))
+        A = None if v.A is None else (f if k == 1 else fc)(v.A.T).T
+        return _Value(one(v.l, True), one(v.u, True), A, one(v.rl), one(v.rh), nonneg=v.nonneg,
+                      gl=one(gl), gh=one(gh), copies=k)
     dl, dh = v.deviation(dom)
-    return _Value(one(v.l), one(v.u), None, -one(-dl), one(dh), nonneg=v.nonneg,
-                  gl=one(gl), gh=one(gh))
+    return _Value(one(v.l, True), one(v.u, True), None, -one(-dl), one(dh), nonneg=v.nonneg,
+                  gl=one(gl), gh=one(gh), copies=k)
 
 
-def _select(v: _Value, idx: np.ndarray, zeros_after: int = 0, zeros_before: int = 0) -> _Value:
-    """Units ``idx`` of v (subsampling), with zero units added (channel padding)."""
-    def pick(a, fill=0.0):
+def _select(v: _Value, shape: tuple, step: tuple = (1, 1), pad: tuple = (0, 0)) -> _Value:
+    """Subsampling (every step-th row and column) and zero channels (pad = before, after) of a
+    [C, H, W] value, for per-unit and per-carrier arrays alike."""
+    C, H, W = shape
+
+    def pick(a, k):
         if a is None:
             return None
-        z0 = np.full((zeros_before, *a.shape[1:]), fill)
-        z1 = np.full((zeros_after, *a.shape[1:]), fill)
+        idx = np.arange(C * k * H * W).reshape(C * k, H, W)[:, ::step[0], ::step[1]].ravel()
+        n = len(idx) // (C * k)
+        z0, z1 = (np.zeros((p * k * n, *a.shape[1:])) for p in pad)
         return np.concatenate([z0, a[idx], z1])
-    return _Value(pick(v.l), pick(v.u), pick(v.A), pick(v.rl), pick(v.rh), pick(v.el),
-                  pick(v.eh), v.nonneg, pick(v.gl), pick(v.gh))
+
+    k = v.copies
+    return _Value(pick(v.l, 1), pick(v.u, 1), pick(v.A, k), pick(v.rl, k), pick(v.rh, k),
+                  pick(v.el, k), pick(v.eh, k), v.nonneg, pick(v.gl, k), pick(v.gh, k), copies=k)
 
 
-def _add(a: _Value, b: _Value, dom: Domain) -> _Value:
+def _add(a: _Value, b: _Value, dom: Domain, shape: tuple) -> _Value:
+    if a.copies != b.copies:
+        raise SlthError("a residual add of values with different numbers of copies")
     A = None if a.A is None and b.A is None else (
         (a.A if a.A is not None else 0.0) + (b.A if b.A is not None else 0.0))
-    agl, agh = a.ticket(dom)
-    bgl, bgh = b.ticket(dom)
+    agl, agh = a.ticket(dom, shape)
+    bgl, bgh = b.ticket(dom, shape)
     return _Value(a.l + b.l, a.u + b.u, A, a.rl + b.rl, a.rh + b.rh, nonneg=a.nonneg and b.nonneg,
-                  gl=agl + bgl, gh=agh + bgh)
+                  gl=agl + bgl, gh=agh + bgh, copies=a.copies)
 
 
 def _node_value(nd, vals: dict, shapes: dict, dom: Domain) -> _Value:
@@ -320,7 +378,7 @@ def _node_value(nd, vals: dict, shapes: dict, dom: Domain) -> _Value:
     if nd.op == "flatten":
         return v
     if nd.op == "add":
-        return _add(v, vals[nd.inputs[1]], dom)
+        return _add(v, vals[nd.inputs[1]], dom, shape)
     if nd.op == "maxpool":
         return _pool(lambda t: F.max_pool2d(t, a["kernel"], a["stride"], a["padding"],
                                             a["dilation"]), v, shape, dom, False)
@@ -330,13 +388,10 @@ def _node_value(nd, vals: dict, shapes: dict, dom: Domain) -> _Value:
                      v, shape, dom, True)
     if nd.op == "adaptive_avgpool":
         return _pool(lambda t: F.adaptive_avg_pool2d(t, a["output"]), v, shape, dom, True)
-    C, H, W = shape
-    idx = np.arange(C * H * W).reshape(C, H, W)
     if nd.op == "subsample":
-        sh, sw = a["stride"]
-        return _select(v, idx[:, ::sh, ::sw].ravel())
+        return _select(v, shape, step=tuple(a["stride"]))
     if nd.op == "pad_channels":
-        return _select(v, idx.ravel(), a["after"] * H * W, a["before"] * H * W)
+        return _select(v, shape, pad=(a["before"], a["after"]))
     raise SlthError(f"the certification does not handle op {nd.op!r}")
 
 
@@ -351,8 +406,10 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain) -> dict:
         raise SlthError(f"ticket has {len(eff)} widen/combine pairs but the target has "
                         f"{len(affine)} layers")
     for k, (e, i) in enumerate(zip(eff, affine)):
-        if e.pos.size != nodes[i].weight.size:
-            raise SlthError(f"ticket layer pair {k} computes {list(e.pos.shape)} but the target "
+        P = e.P if isinstance(e, EffectiveCopies) else e.pos
+        if P.size % nodes[i].weight.size or P.shape[1] * np.prod(nodes[i].weight.shape[:1]) \
+                != nodes[i].weight.size:
+            raise SlthError(f"ticket layer pair {k} computes {list(P.shape)} but the target "
                             f"layer is {list(nodes[i].weight.shape)}")
     shapes = {i: tuple(nd.shape) for i, nd in enumerate(nodes)}
     d0 = int(np.prod(shapes[0]))
@@ -372,7 +429,7 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain) -> dict:
             dl, dh = vals[i].deviation(domain)
             per_layer.append(float(np.maximum(np.abs(dl), np.abs(dh)).max(initial=0.0)))
         elif nd.op == "relu":
-            vals[i], unstable = _relu(vals[nd.inputs[0]], domain)
+            vals[i], unstable = _relu(vals[nd.inputs[0]], domain, shapes[nd.inputs[0]])
             n_unstable.append(unstable)
         else:
             vals[i] = _node_value(nd, vals, shapes, domain)
@@ -405,9 +462,11 @@ def effective_forward(target, eff: list[EffectiveLayer], x):
     return _effective_graph(target, eff, x)
 
 
-def _effective_linear(e: EffectiveLayer, h, dtype):
+def _effective_linear(e, h, dtype):
     import torch
 
+    if isinstance(e, EffectiveCopies):   # inputs are post-ReLU carriers
+        return h @ torch.as_tensor(e.S, dtype=dtype).T + torch.as_tensor(e.bias, dtype=dtype)
     P = torch.as_tensor(e.pos, dtype=dtype)
     N = torch.as_tensor(e.neg, dtype=dtype)
     b = torch.as_tensor(e.bias, dtype=dtype)
@@ -426,20 +485,33 @@ def _effective_graph(target, eff, x):
     nodes = target.nodes
     k = iter(eff)
     vals = {0: x.reshape(x.shape[0], *target.in_shape)}
+    copies = {0: 1}       # carriers per unit of each value (Burkholz's copies)
     for i, nd in enumerate(nodes[1:], start=1):
         h = vals[nd.inputs[0]]
+        copies[i] = copies[nd.inputs[0]]
+        if nd.op == "pad_channels" and copies[i] > 1:
+            c = copies[i]
+            vals[i] = F.pad(h, (0, 0, 0, 0, nd.attrs["before"] * c, nd.attrs["after"] * c))
+            continue
         if nd.op not in AFFINE_OPS:
             vals[i] = apply_node(nd, [vals[j] for j in nd.inputs])
             continue
         e = next(k)
+        copies[i] = (e.copies_out if isinstance(e, EffectiveCopies)
+                     else e.pos.shape[0] // nd.weight.shape[0])
         if nd.op == "linear":
             vals[i] = _effective_linear(e, h, x.dtype)
             continue
-        a, shape = nd.attrs, nd.weight.shape
-        P, N = (torch.as_tensor(m.reshape(shape), dtype=x.dtype) for m in (e.pos, e.neg))
-        y = F.conv2d(torch.relu(h), P, None, a["stride"], a["padding"], a["dilation"])
-        if bool((h < 0).any()):
-            y = y + F.conv2d(torch.relu(-h), N, None, a["stride"], a["padding"], a["dilation"])
+        a, kshape = nd.attrs, nd.weight.shape[2:]
+        conv = lambda t, M: F.conv2d(t, torch.as_tensor(M.reshape(M.shape[0], -1, *kshape),  # noqa: E731
+                                                        dtype=x.dtype),
+                                     None, a["stride"], a["padding"], a["dilation"])
+        if isinstance(e, EffectiveCopies):
+            y = conv(h, e.S)
+        else:
+            y = conv(torch.relu(h), e.pos)
+            if bool((h < 0).any()):
+                y = y + conv(torch.relu(-h), e.neg)
         vals[i] = y + torch.as_tensor(e.bias, dtype=x.dtype)[:, None, None]
     return vals[len(nodes) - 1]
 

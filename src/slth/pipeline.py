@@ -172,14 +172,14 @@ class Solver:
             self.ensure([(i, size)])
             states = self.known(i, size)
             L = self.layers[i]
-            first = next(iter(states.values()))
-            q = len(first["bias"]) // (next(iter(states)).r1 - next(iter(states)).r0)
-            eff = EffectiveLayer(*(np.zeros((L.d_out * q, *first[k].shape[1:]))
-                                   for k in ("pos", "neg", "bias")))
+            ch0, first = next(iter(states.items()))
+            keys = self.method.effective_keys
+            q = len(first[keys[0]]) // (ch0.r1 - ch0.r0)      # carriers per output row
+            arrays = {k: np.zeros((L.d_out * q, *first[k].shape[1:])) for k in keys}
             red: dict = {}
             for ch, st in states.items():
-                for k, arr in (("pos", eff.pos), ("neg", eff.neg), ("bias", eff.bias)):
-                    arr[ch.r0 * q:ch.r1 * q] = st[k]
+                for k in keys:
+                    arrays[k][ch.r0 * q:ch.r1 * q] = st[k]
                 for k, v in st.items():
                     if k.startswith("used"):
                         red[k] = v if k not in red else red[k] | v
@@ -187,6 +187,7 @@ class Solver:
                         red[k] = v if k not in red else np.maximum(red[k], v)
                     elif k.startswith("sum"):
                         red[k] = v if k not in red else red[k] + v
+            eff = self.method.effective_of(L, size, arrays)
             self._eff[(i, size)] = (eff, red)
         return self._eff[(i, size)]
 
@@ -309,68 +310,16 @@ class Layout:
 
 def layout_of(target, method: Method, layers: list[TargetLayer], sizes: list[int],
               plans: list) -> Layout:
-    """G's layout: each target layer's tensors (``method.tensors``) in order; for a target that
-    is not an MLP, G's graph: the target's graph with every affine op replaced by its tensors
-    (ReLU between them; a Linear reading a flattened map gets its first tensor before the
-    flatten), every other node copied."""
+    """G's layout: each target layer's tensors (``method.tensors``) in order, and G's graph
+    (``method.graph``; None: a Linear/ReLU chain)."""
+    from .ticket import Ticket
+
     tensors = [(i, t) for i, (L, k) in enumerate(zip(layers, sizes))
                for t in method.tensors(L, k, plan=plans[i])]
-    from .targets import MLP
-    if isinstance(target, MLP):
+    graph = method.graph(target, layers, tensors)
+    if graph is None:
         return Layout(tensors, [str(2 * j) for j in range(len(tensors))])
-    graph = g_graph(target, layers, tensors)
-    from .ticket import Ticket
     return Layout(tensors, Ticket.names_of(graph), graph)
-
-
-def g_graph(target, layers: list[TargetLayer], tensors: list[tuple[int, Tensor]]) -> dict:
-    """G's graph (``slth.ticket.graph``) for a ``Net`` target."""
-    nodes = target.nodes
-    out = [{"op": "input", "inputs": [], "shape": list(nodes[0].shape)}]
-    where, gadgets = {0: 0}, []
-    by_layer: dict[int, list[int]] = {}
-    for j, (i, _) in enumerate(tensors):
-        by_layer.setdefault(i, []).append(j)
-
-    def add(op, inputs, attrs=None, **kw):
-        out.append({"op": op, "inputs": list(inputs), "attrs": attrs or {}, **kw})
-        return len(out) - 1
-
-    for i, nd in enumerate(nodes[1:], start=1):
-        if nd.op not in ("linear", "conv"):
-            where[i] = add(nd.op, [where[j] for j in nd.inputs], _jsonable_attrs(nd.attrs))
-            continue
-        k = target.affine.index(i)
-        L, src = layers[k], nd.inputs[0]
-        h = where[nodes[src].inputs[0]] if L.kind == "flat" else where[src]
-        js = by_layer[k]
-        for n, j in enumerate(js):
-            t = tensors[j][1]
-            if L.kind == "flat" and t.op == "linear" and out[h]["op"] != "flatten":
-                h = add("flatten", [h])
-            h = add(t.op, [h], _jsonable_attrs(t.attrs), layer=j)
-            if n < len(js) - 1:
-                h = add("relu", [h])
-        where[i] = h
-        gadgets.append({"kind": "pair", "widen": js[0], "combine": js[-1],
-                        "channels": L.channels, "group": L.group})
-    return {"nodes": _prune(out), "gadgets": gadgets}
-
-
-def _jsonable_attrs(a: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()}
-
-
-def _prune(nodes: list[dict]) -> list[dict]:
-    """Drop nodes the output does not depend on (a target's flatten whose Linear now reads the
-    widened map), renumbering the rest."""
-    need = {len(nodes) - 1}
-    for i in range(len(nodes) - 1, -1, -1):
-        if i in need:
-            need.update(nodes[i]["inputs"])
-    keep = sorted(need)
-    new = {old: k for k, old in enumerate(keep)}
-    return [{**nodes[i], "inputs": [new[j] for j in nodes[i]["inputs"]]} for i in keep]
 
 
 def write_ticket(sink, solver: Solver, sizes: list[int], layout: Layout, shared_fs: bool,

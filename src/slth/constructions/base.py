@@ -249,6 +249,23 @@ class Method:
         """Masks of the whole-layer tensors: {role: (index of kept weights, bias mask or None)}."""
         return {}
 
+    effective_keys: ClassVar[tuple] = ("pos", "neg", "bias")
+
+    def effective_of(self, layer: TargetLayer, size: int, arrays: dict):
+        """A layer's effective form from its chunks' ``effective_keys`` arrays (rows of all
+        chunks in order): by default pos/neg/bias (``ticket.effective.EffectiveLayer``)."""
+        from ..ticket.effective import EffectiveLayer
+        return EffectiveLayer(arrays["pos"], arrays["neg"], arrays["bias"])
+
+    def graph(self, target, layers: list[TargetLayer], tensors: list) -> dict | None:
+        """G's graph (``slth.ticket.graph``), or None for a Linear/ReLU chain (an MLP target):
+        by default each affine op of the target replaced by its tensors (``layout.pair_graph``)."""
+        from ..targets import MLP
+        if isinstance(target, MLP):
+            return None
+        from .layout import pair_graph
+        return pair_graph(target, layers, tensors)
+
     def state_shapes(self, layer: TargetLayer, size: int) -> dict | None:
         """Shapes of a chunk's state arrays (checked when a chunk file is read), or None."""
         return None

@@ -4,11 +4,11 @@
 ``effective``: what each gadget of G computes in the target's terms (read by the certification).
 """
 
-from .effective import EffectiveLayer, combine_effective, widen_inputs
+from .effective import EffectiveCopies, EffectiveLayer, combine_effective, widen_inputs
 from .files import (FORMAT, FORMAT_VERSION, MemoryTicket, TicketFile, _metadata, load_ticket,
                     put_rows, read_rows, ticket_specs)
 from .model import Layer, Ticket, sparsity_summary
 
-__all__ = ["EffectiveLayer", "Layer", "MemoryTicket", "Ticket", "TicketFile", "load_ticket",
+__all__ = ["EffectiveCopies", "EffectiveLayer", "Layer", "MemoryTicket", "Ticket", "TicketFile", "load_ticket",
            "put_rows", "read_rows", "sparsity_summary", "ticket_specs", "widen_inputs",
            "combine_effective", "FORMAT", "FORMAT_VERSION", "_metadata"]

@@ -75,3 +75,21 @@ def combine_effective(Vw: np.ndarray, Vm: np.ndarray, col: np.ndarray, a: np.nda
     sel = col[rs] < 0
     np.add.at(bias, rows[sel], vals[sel] * beta[rs[sel]])
     return EffectiveLayer(pos, neg, bias)
+
+
+@dataclass
+class EffectiveCopies:
+    """A gadget that keeps copies of every unit (Burkholz's depth l+1 construction): its output
+    carriers are ``copies_out`` copies of each output unit, its input carriers ``copies_in`` copies
+    of each input unit (carrier of unit u, copy m: index u * copies + m over the channel axis).
+
+    S float64 [units_out * copies_out, D * copies_in] (a conv: the kernel's matrix form over
+    carrier channels): the kept weights from input carriers (all >= 0, post-ReLU) to output
+    carriers; P float64 [units_out * copies_out, D]: S summed over the copies of each input (what
+    each output carrier computes in the target's terms, to compare with W); bias [.. carriers]."""
+
+    S: np.ndarray
+    P: np.ndarray
+    bias: np.ndarray
+    copies_in: int
+    copies_out: int
