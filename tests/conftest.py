@@ -1,8 +1,11 @@
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("SLTH_CACHE", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "slth"))
+# run folders of CLI calls without --runs-dir: a fresh folder per test session, never ./runs
+os.environ["SLTH_RUNS_DIR"] = tempfile.mkdtemp(prefix="slth-test-runs-")
 
 
 @pytest.fixture

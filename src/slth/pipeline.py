@@ -47,7 +47,10 @@ class Chunk:
     @property
     def name(self) -> str:
         base = f"L{self.layer}-{self.r0:07d}-{self.r1:07d}"
-        return base if self.size is None else f"{base}-n{self.size}"
+        if self.size is None:
+            return base
+        return f"{base}-n" + ("x".join(map(str, self.size)) if isinstance(self.size, tuple)
+                              else str(self.size))
 
 
 def rows_per_chunk(dims: list[int], chunk_weights: int = CHUNK_WEIGHTS) -> list[int]:
@@ -206,8 +209,9 @@ def search_sizes(solver: Solver, target, eps: float, domain: Domain,
     log = [] if log is None else log
 
     def bound(ns) -> float:
-        solver.ensure(list(enumerate(ns)))
-        b = bound_details(target, [solver.effective(i, k) for i, k in enumerate(ns)],
+        keys = method.layer_sizes(ns)
+        solver.ensure(list(enumerate(keys)))
+        b = bound_details(target, [solver.effective(i, k) for i, k in enumerate(keys)],
                           domain)["certified_bound"]
         log.append({method.size.key: list(ns), "certified_bound": b})
         return b
@@ -341,7 +345,7 @@ def write_ticket(sink, solver: Solver, sizes: list[int], layout: Layout, shared_
                 for name, (j, t) in zip(layout.names, layout.tensors)
                 if j == i and t.per_row} if direct else None
 
-    whole = sorted({i for i, t in layout.tensors if not t.per_row})
+    whole = sorted({i for i, t in layout.tensors if not t.per_row or t.extra_rows})
     jobs = [("layer", i) for i in whole] + [("chunk", (ch, k)) for i, k in enumerate(sizes)
                                            for ch in solver.chunks(i, k)]
     for i, k in enumerate(sizes):
@@ -354,7 +358,7 @@ def write_ticket(sink, solver: Solver, sizes: list[int], layout: Layout, shared_
         kind, x = job
         if kind == "layer":
             sl = ({t.role: slots(n) for n, (j, t) in zip(layout.names, layout.tensors)
-                   if j == x and not t.per_row} if direct else None)
+                   if j == x and (not t.per_row or t.extra_rows)} if direct else None)
             return layer_task, (method, solver.layers[x], sizes[x], solver.seed,
                                 solver.plan(x, sizes[x]), sl)
         ch, k = x
@@ -368,7 +372,7 @@ def write_ticket(sink, solver: Solver, sizes: list[int], layout: Layout, shared_
                 name, _ = layout.of(x, role)
                 sink.put(f"{name}.weight_orig", W, r0)
                 if b is not None:
-                    sink.put(f"{name}.bias_orig", b)
+                    sink.put(f"{name}.bias_orig", b, r0)
             solver.log(f"layer {x}: whole-layer tensors drawn in {secs:.3f} s on {where}")
             continue
         ch, k = x
@@ -386,15 +390,15 @@ def write_ticket(sink, solver: Solver, sizes: list[int], layout: Layout, shared_
             solver.say(solver.label, done, total)
     stats["chunks_seconds_wall"] = time.perf_counter() - t0
     for i in whole:
-        for role, (index, bias_mask) in method.layer_masks(
+        for role, (index, bias_index) in method.layer_masks(
                 solver.layers[i], sizes[i], solver.reduced(i, sizes[i]),
                 plan=solver.plan(i, sizes[i])).items():
             name, _ = layout.of(i, role)
             sink.set_true(f"{name}.weight_mask", index)
             active[name] += len(index[0])
-            if bias_mask is not None:
-                sink.put(f"{name}.bias_mask", bias_mask)
-                active[name] += int(bias_mask.sum())
+            if bias_index is not None:
+                sink.set_true(f"{name}.bias_mask", bias_index)
+                active[name] += len(bias_index[0])
     return [(t.shape, t.params, active[name]) for name, (_, t) in zip(layout.names,
                                                                       layout.tensors)]
 
@@ -454,21 +458,22 @@ def build(target, method: Method, *, n=None, eps: float | None = None, seed: int
                     named=eps is not None)
     search: list = []
     sizes = resolve_sizes(solver, target, n, eps, domain, search)
+    keys = method.layer_sizes(sizes)
     solve_s = time.perf_counter() - t0
-    plans = [solver.plan(i, k) for i, k in enumerate(sizes)]
-    layout = layout_of(target, method, layers, sizes, plans)
+    plans = [solver.plan(i, k) for i, k in enumerate(keys)]
+    layout = layout_of(target, method, layers, keys, plans)
     head = {"method": method.name, "seed": seed, method.size.key: sizes, **method.describe(),
             **(meta if meta is not None else target_meta(target))}
     stats = solver.stats
     with (sink_of or MemoryTicket)(layout.specs(), head, layout.graph) as sink:
         (say or (lambda *a: None))("writing G and its masks", None, None)
         t1 = time.perf_counter()
-        per_tensor = write_ticket(sink, solver, sizes, layout, pool.shared_fs, stats)
+        per_tensor = write_ticket(sink, solver, keys, layout, pool.shared_fs, stats)
         sink.sync()
         stats["assemble_seconds"] = time.perf_counter() - t1
-        eff = [solver.effective(i, k) for i, k in enumerate(sizes)]
+        eff = [solver.effective(i, k) for i, k in enumerate(keys)]
         cert = bound_details(target, eff, domain)
-        reduced = [solver.reduced(i, k) for i, k in enumerate(sizes)]
+        reduced = [solver.reduced(i, k) for i, k in enumerate(keys)]
         errs = np.max([r.get("max_errors", np.zeros(1)) for r in reduced], axis=0)
         info = {"method": method.name, method.size.key: sizes,
                 "width_per_layer": layout.widths,
@@ -506,5 +511,6 @@ def effective_at(target, method: Method, sizes: list[int], seed: int,
     solved in one chunk in this process): what size searches certify."""
     layers = target_layers(target)
     solver = Solver(method, layers, seed, Pool(), [L.d_out for L in layers], threads=threads)
-    solver.ensure(list(enumerate(sizes)))
-    return [solver.effective(i, k) for i, k in enumerate(sizes)]
+    keys = method.layer_sizes(sizes)
+    solver.ensure(list(enumerate(keys)))
+    return [solver.effective(i, k) for i, k in enumerate(keys)]

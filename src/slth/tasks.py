@@ -49,8 +49,9 @@ def chunk_task(method, layer, size: int, seed: int, plan, threads, state: dict |
 
 def layer_task(method, layer, size: int, seed: int, plan, slots: dict | None = None,
                block: int = 4096):
-    """A layer's whole-layer tensors: (blocks [(role, first row, weights, biases or None)] or
-    None when written to ``slots`` {role: {part: slot}}, seconds, where)."""
+    """A layer's whole-layer tensors (and the whole-layer rows of chunked tensors): (blocks
+    [(role, first row, weights, biases of those rows or None)] or None when written to ``slots``
+    {role: {part: slot}}, seconds, where)."""
     t0 = time.perf_counter()
     out = []
     for role, r0, W, b in method.layer_rows(layer, size, seed, block=block if slots else None,
@@ -60,7 +61,7 @@ def layer_task(method, layer, size: int, seed: int, plan, slots: dict | None = N
             continue
         put_rows(slots[role]["weight_orig"], W, r0)
         if b is not None:
-            put_rows(slots[role]["bias_orig"], b)
+            put_rows(slots[role]["bias_orig"], b, r0)
     return (None if slots is not None else out), time.perf_counter() - t0, here()
 
 

@@ -121,7 +121,8 @@ def target_layers(target) -> list[TargetLayer]:
 @dataclass(frozen=True)
 class Tensor:
     """One parameter tensor of G. shape: weight shape ([out, in] linear, [out, in, kh, kw] conv);
-    per_row: rows written per target output row by each chunk (0: drawn for the whole layer)."""
+    per_row: rows written per target output row by each chunk (0: drawn for the whole layer;
+    ``extra_rows`` more after the chunked rows are drawn for the whole layer too)."""
 
     role: str
     shape: tuple
@@ -129,6 +130,7 @@ class Tensor:
     per_row: int = 0
     op: str = "linear"
     attrs: dict = field(default_factory=dict, hash=False)
+    extra_rows: int = 0     # rows after the chunked ones, drawn for the whole layer
 
     @property
     def params(self) -> int:
@@ -239,15 +241,21 @@ class Method:
     def unreachable(self, target, eps: float, sizes: list[int], bound: float) -> None:
         """Called when even the largest sizes miss eps; may raise a more telling error."""
 
-    def layer_rows(self, layer: TargetLayer, size: int, seed: int,
-                   block: int | None = None) -> Iterator[tuple[str, int, np.ndarray, np.ndarray | None]]:
-        """Whole-layer tensors: yields (role, first row, weight rows, bias rows or None); the
-        bias rows come with the block starting at row 0."""
+    def layer_rows(self, layer: TargetLayer, size: int, seed: int, block: int | None = None,
+                   plan=None) -> Iterator[tuple[str, int, np.ndarray, np.ndarray | None]]:
+        """Whole-layer tensors (and whole-layer rows): yields (role, first row, weight rows,
+        bias rows or None)."""
         return iter(())
 
-    def layer_masks(self, layer: TargetLayer, size: int, used: dict) -> dict:
-        """Masks of the whole-layer tensors: {role: (index of kept weights, bias mask or None)}."""
+    def layer_masks(self, layer: TargetLayer, size: int, used: dict, plan=None) -> dict:
+        """Kept entries of the whole-layer tensors, from the OR of the chunks' ``used*`` arrays:
+        {role: (index of kept weights, index of kept biases or None)} (numpy fancy indices)."""
         return {}
+
+    def layer_sizes(self, sizes: list[int]) -> list:
+        """The size each layer's hooks receive (default: its own); a method whose layers depend
+        on their neighbours' sizes returns tuples (e.g. Burkholz: copies in and out)."""
+        return list(sizes)
 
     effective_keys: ClassVar[tuple] = ("pos", "neg", "bias")
 
@@ -300,7 +308,7 @@ class Method:
 
     def g_params(self, target, sizes: list[int]) -> int:
         """Random parameters of G at these sizes."""
-        return sum(t.params for L, k in zip(target_layers(target), sizes)
+        return sum(t.params for L, k in zip(target_layers(target), self.layer_sizes(sizes))
                    for t in self.tensors(L, k))
 
 

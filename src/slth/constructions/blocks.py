@@ -245,8 +245,7 @@ class BlockMethod(Method):
         index = (rows, cols) if layer.kind == "linear" else (rows, cols, 0 * rows, 0 * rows)
         bm = None
         if layer.has_bias:
-            bm = np.zeros(widen_rows_of(ns, size), bool)
-            bm[int(2 * ns.sum()):] = used["used_bias"]
+            bm = (int(2 * ns.sum()) + np.flatnonzero(used["used_bias"]),)
         return {"widen": (index, bm)}
 
     def info(self, target, sizes, reduced) -> dict:
