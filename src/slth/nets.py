@@ -259,9 +259,10 @@ def _last_use(nodes) -> list[int]:
     return last
 
 
-def run_graph(nodes, x, params):
+def run_graph(nodes, x, params, visit=None):
     """Evaluate ``nodes`` on ``x`` [N, *in_shape]; ``params(i)`` gives (weight, bias) tensors of
-    affine node i. Intermediate values are dropped after their last use."""
+    affine node i (``visit(node, inputs, weight, bias)`` sees each affine op first).
+    Intermediate values are dropped after their last use."""
     last = _last_use(nodes)
     vals = {}
     for i, nd in enumerate(nodes):
@@ -269,6 +270,8 @@ def run_graph(nodes, x, params):
             v = x
         elif nd.op in AFFINE_OPS:
             w, b = params(i)
+            if visit is not None:
+                visit(nd, [vals[nd.inputs[0]]], w, b)
             v = apply_node(nd, [vals[nd.inputs[0]]], w, b)
         else:
             v = apply_node(nd, [vals[j] for j in nd.inputs])

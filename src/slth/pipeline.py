@@ -480,7 +480,7 @@ def build(target, method: Method, *, n=None, eps: float | None = None, seed: int
                 "max_weight_error": float(np.max(errs)),
                 "solve_seconds": solve_s,
                 "size_search": search, "eps": eps, **method.describe(),
-                **method.info(target, sizes, reduced)}
+                **method.info(target, sizes, reduced), **method.plan_info(target, keys, plans)}
         info.update(method.theory(target, eps if eps is not None else cert["certified_bound"]))
         built = Built(sizes, layout, eff, cert, sparsity_summary(per_tensor), info, stats)
         built.sink = sink

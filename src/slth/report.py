@@ -87,20 +87,16 @@ def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], e
     rep["per_layer_deviation_bound"] = bound_det["per_layer_deviation"]
     rep["unstable_units"] = bound_det["unstable_units"]
 
-    def folded(x):
-        """The same masked network read through its effective form (reassociated sums)."""
-        import torch
-        with torch.no_grad():
-            return effective_forward(target, eff, torch.as_tensor(x, dtype=torch.float64)).numpy()
-
     starts = None
     if data is not None:
         say("evaluating on the test data")
         xt, yt = data.x_test.astype(np.float64), data.y_test
-        F = target.forward(xt)
-        G = folded(xt)
+        dtype = "float64" if isinstance(target, MLP) else "float32"
+        F, G = bulk_outputs(target, eff, xt, dtype)
+        rep["bulk_dtype"] = dtype
         # the folded evaluation must agree with the literal masked network
-        idx = np.random.default_rng(seed).choice(len(xt), size=min(literal_check, len(xt)), replace=False)
+        n_lit = literal_check if isinstance(target, MLP) else min(literal_check, 100)
+        idx = np.random.default_rng(seed).choice(len(xt), size=min(n_lit, len(xt)), replace=False)
         err = np.abs(F - G).max(1)
         inside = domain.contains(xt)
         # report the largest errors as computed by the literal network
@@ -108,10 +104,12 @@ def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], e
         top = top[inside[top]]
         lit = literal(np.concatenate([xt[idx], xt[top]]))     # one pass for both checks
         rep["literal_check_points"] = int(len(idx))
-        rep["literal_check_max_diff"] = float(np.abs(lit[:len(idx)] - G[idx]).max()) if len(idx) else 0.0
+        G_idx = G[idx] if dtype == "float64" else bulk_outputs(target, eff, xt[idx], "float64")[1]
+        rep["literal_check_max_diff"] = float(np.abs(lit[:len(idx)] - G_idx).max()) if len(idx) else 0.0
         rep["test_inputs"] = int(len(xt))
         rep["test_inputs_in_domain"] = int(inside.sum())
-        rep["empirical_max_error"] = (float(np.abs(F[top] - lit[len(idx):]).max())
+        F_top = F[top] if dtype == "float64" else target.forward(xt[top])
+        rep["empirical_max_error"] = (float(np.abs(F_top - lit[len(idx):]).max())
                                       if len(top) else None)
         rep["empirical_max_error_all_test"] = float(err.max())
         rep["target_accuracy"] = float((F.argmax(1) == yt).mean())
@@ -134,3 +132,29 @@ def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], e
     rep["bound_tightness"] = bound / found if found > 0 else None
     rep["bound_holds"] = bool(found <= bound)
     return rep
+
+
+def bulk_outputs(target, eff, x: np.ndarray, dtype: str = "float64", batch: int = 1000):
+    """F(x) and the ticket's output through its effective form, [N, d_out] each, in batches
+    (``dtype`` "float32" for large convolutional targets: the largest errors are then recomputed
+    in float64 by the caller)."""
+    import torch
+
+    tdt = torch.float64 if dtype == "float64" else torch.float32
+    F, G = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.as_tensor(np.ascontiguousarray(x[i:i + batch]), dtype=tdt)
+            if dtype == "float64":
+                F.append(target.forward(x[i:i + batch]))
+            else:
+                F.append(_f32_target(target)(xb).double().numpy())
+            G.append(effective_forward(target, eff, xb).double().numpy())
+    empty = np.zeros((0, target.out_dim))
+    return (np.concatenate(F) if F else empty), (np.concatenate(G) if G else empty)
+
+
+def _f32_target(target):
+    if not hasattr(target, "_f32_module"):
+        target._f32_module = target.to_module().eval()
+    return target._f32_module

@@ -421,7 +421,7 @@ def save_target(target, path) -> None:
 # training
 
 
-DEFAULT_LR = {"mlp": 0.1, "resnet20": 0.1, "lenet5": 0.01, "digits-cnn": 0.1}
+DEFAULT_LR = {"mlp": 0.1, "resnet20": 0.1, "lenet5": 0.05, "digits-cnn": 0.1}
 
 
 @dataclass

@@ -278,6 +278,10 @@ class Method:
         """Shapes of a chunk's state arrays (checked when a chunk file is read), or None."""
         return None
 
+    def plan_info(self, target, sizes: list[int], plans: list) -> dict:
+        """The method's report entries about its layers' plans (e.g. Pensia's coverage)."""
+        return {}
+
     def info(self, target, sizes: list[int], reduced: list[dict]) -> dict:
         """The method's own report entries, from each layer's reduced chunk states."""
         return {}
@@ -357,7 +361,7 @@ def settings_fields(name: str) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls.Settings))
 
 
-_BUILTINS = ("pensia", "orseau", "malach")
+_BUILTINS = ("pensia", "orseau", "malach", "burkholz")
 
 
 def _load_builtins():

@@ -46,6 +46,13 @@ def block_sizes(layer: TargetLayer, n: int, plan: dict | None) -> np.ndarray:
     return np.full(layer.channels, n, np.int64)
 
 
+def bias_size(layer: TargetLayer, n: int, plan: dict | None) -> int:
+    """Neurons of the bias block: 0 without a target bias, else n or the plan's."""
+    if not layer.has_bias:
+        return 0
+    return int(plan["n_bias"]) if plan is not None and "n_bias" in plan else n
+
+
 def offsets(ns: np.ndarray) -> np.ndarray:
     """First widen row of each channel's block, int64 [C + 1] (the last: rows of all blocks)."""
     return np.concatenate([[0], np.cumsum(2 * ns)])
@@ -128,7 +135,7 @@ class BlockMethod(Method):
     # ---- layout
     def tensors(self, layer: TargetLayer, size: int, plan: dict | None = None) -> list[Tensor]:
         ns = block_sizes(layer, size, plan)
-        m = widen_rows_of(ns, size if layer.has_bias else 0)
+        m = widen_rows_of(ns, bias_size(layer, size, plan))
         C, g = layer.channels, layer.group
         if layer.kind == "linear":
             return [Tensor("widen", (m, C), layer.has_bias),
@@ -148,9 +155,10 @@ class BlockMethod(Method):
         through ``magnitudes``; n_max = the largest block size."""
         ns = block_sizes(layer, size, plan)
         n_max = int(ns.max(initial=size))
-        a, beta = draw_in(layer.channels, n_max, layer.has_bias, seed, layer.index, size)
+        nb = bias_size(layer, size, plan)
+        a, beta = draw_in(layer.channels, n_max, layer.has_bias, seed, layer.index, nb)
         rows = layer.rows if rows is None else rows
-        b, bb = draw_out(rows, layer.d_in, n_max, layer.has_bias, seed, layer.index, size)
+        b, bb = draw_out(rows, layer.d_in, n_max, layer.has_bias, seed, layer.index, nb)
         maps = self.magnitudes(layer)
         if maps is not None:
             mag, signed = maps
@@ -205,14 +213,16 @@ class BlockMethod(Method):
                "max_errors": (2,), "used": (2, layer.channels, int(ns.max(initial=size))),
                "sum_kept": (1,), "max_kept": (1,)}
         if layer.has_bias:
-            out.update(bias_mask=(rows, (size + 7) // 8), used_bias=(size,))
+            nb = bias_size(layer, size, plan)
+            out.update(bias_mask=(rows, (nb + 7) // 8), used_bias=(nb,))
         return out
 
     def unpack(self, state: dict, layer: TargetLayer, size: int, plan=None):
         n_max = int(block_sizes(layer, size, plan).max(initial=size))
         mask = np.unpackbits(state["mask"], axis=-1, count=n_max).astype(bool)
         bm = state.get("bias_mask")
-        return mask, None if bm is None else np.unpackbits(bm, axis=-1, count=size).astype(bool)
+        nb = bias_size(layer, size, plan)
+        return mask, None if bm is None else np.unpackbits(bm, axis=-1, count=nb).astype(bool)
 
     def chunk_rows(self, layer: TargetLayer, size: int, seed: int, state: dict,
                    plan=None) -> dict[str, Rows]:
@@ -227,7 +237,7 @@ class BlockMethod(Method):
                    plan=None):
         ns = block_sizes(layer, size, plan)
         a, beta = draw_in(layer.channels, int(ns.max(initial=size)), layer.has_bias, seed,
-                          layer.index, size)
+                          layer.index, bias_size(layer, size, plan))
         maps = self.magnitudes(layer)
         fill = None if maps is None else maps[1]
         if maps is not None:

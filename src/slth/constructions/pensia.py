@@ -26,8 +26,9 @@ import numpy as np
 
 from ..subsetsum import solve
 from . import blocks
-from .base import Size, TargetLayer, option, register
-from .blocks import BlockMethod, draw_in
+from ._common import f32, stream
+from .base import Size, TargetLayer, check, option, register, target_layers
+from .blocks import OUT_W, BlockMethod, draw_in
 
 N_MAX = 32          # the width study's and neuron study's largest block size
 
@@ -36,6 +37,15 @@ N_MAX = 32          # the width study's and neuron study's largest block size
 class Settings:
     prune_dead: bool = option(False, "pensia: drop the negative halves of hidden layers (their "
                                      "post-ReLU inputs make them output 0).")
+    coverage: bool = option(True, "pensia: give an input's block more neurons (up to 40) where "
+                                  "its same-sign products cannot cover one of its weights "
+                                  "with the margin below.")
+    coverage_margin: float = option(0.5, "pensia: a weight w counts as covered when its "
+                                         "same-sign products sum to >= (1 + margin) |w|.")
+
+    def __post_init__(self):
+        check(self.coverage_margin >= 0,
+              f"--coverage-margin must be >= 0, got {self.coverage_margin}")
 
 
 @register("pensia")
@@ -51,6 +61,34 @@ class Pensia(BlockMethod):
         r = solve(coef, target, threads=threads)
         return r.mask, r.sums
 
+    def plan(self, layer: TargetLayer, n: int, seed: int) -> dict | None:
+        """Coverage: the block size of each input channel, from the actual draws. A weight w is
+        covered when its block's same-sign products b a (its half: +w or -w) sum to at least
+        (1 + margin) |w|; a channel's block grows (the next samples of the same streams) until
+        all its weights are covered, or to the largest size."""
+        if not self.settings.coverage:
+            return None
+        return coverage_plan(layer, n, seed, self.halves(layer), self.settings.coverage_margin,
+                             self.size.hi)
+
+    def plan_info(self, target, sizes, plans) -> dict:
+        if not self.settings.coverage:
+            return {}
+        base = self.g_params(target, sizes)
+        extra = sum(t.params for L, k, p in zip(target_layers(target), sizes, plans)
+                    for t in self.tensors(L, k, plan=p)) - base
+        return {"coverage": {
+            "margin": self.settings.coverage_margin,
+            "uncovered_before": sum(p["uncovered_before"] for p in plans),
+            "uncovered_after": sum(p["uncovered_after"] for p in plans),
+            "channels_grown_per_layer": [int((np.asarray(p["n_c"]) > k).sum())
+                                         for p, k in zip(plans, sizes)],
+            "bias_block_per_layer": [p["n_bias"] for p in plans],
+            "largest_block_per_layer": [int(max(p["n_c"], default=k)) for p, k in
+                                        zip(plans, sizes)],
+            "extra_random_params": int(extra),
+            "extra_random_params_fraction": extra / max(1, base)}}
+
     def theory(self, target, eps: float) -> dict:
         """The theorem's block size per layer and G's size at that block size."""
         from .base import target_layers
@@ -59,6 +97,56 @@ class Pensia(BlockMethod):
         return {"theory_n_per_layer": ns, "theory_random_params": self.g_params(target, ns),
                 "theory_note": "n_i = ceil(log2(2 l d_{i-1} d_i / eps)) per half-block (Theorem "
                                "1's per-weight tolerance eps/(2 l d_in d_out), C = 1)"}
+
+
+def coverage_plan(layer: TargetLayer, n: int, seed: int, halves, margin: float,
+                  n_max: int, chunk_elems: int = 4_000_000) -> dict:
+    """Per-channel block sizes n_c >= n covering every weight with the margin (see
+    ``Pensia.plan``), and how many (weight, half) pairs were uncovered at n and at n_c."""
+    from .blocks import draw_out
+    C, D, g = layer.channels, layer.d_in, layer.group
+    chan = np.arange(D) // g
+    a, beta = draw_in(C, n_max, layer.has_bias, seed, layer.index, n_max)
+    need = np.full(C, n, np.int64)
+    before = after = 0
+    n_bias = n
+    if layer.has_bias:     # the bias block: the same rule over b beta
+        _, bb = draw_out(range(layer.d_out), 0, 0, True, seed, layer.index, n_max)
+        p = np.maximum(0.0, np.sign(layer.c)[None] * bb * beta[:, None])     # [n_max, d_out]
+        S = np.cumsum(p, axis=0)
+        want = (1 + margin) * np.abs(layer.c)
+        before += int((S[n - 1] < np.abs(layer.c)).sum())
+        ok = S >= want[None]
+        first = np.where(ok.any(0), ok.argmax(0) + 1, n_max)
+        n_bias = int(max(n, first.max(initial=n)))
+        after += int((S[n_bias - 1] < np.abs(layer.c)).sum())
+    step = max(1, chunk_elems // max(1, 2 * n * D))
+    for r0 in range(0, layer.d_out, step):
+        rows = range(r0, min(layer.d_out, r0 + step))
+        W = layer.W[r0:rows.stop]
+        b, _ = draw_out(rows, D, n, False, seed, layer.index)
+        for h in halves:
+            v = W if h == 0 else -W
+            want = (1 + margin) * np.abs(v)
+            S = (np.maximum(0.0, np.sign(v)[None] * b[h] * a[h, :n][:, None, chan])).sum(0)
+            bad = S < want
+            before += int((S < np.abs(v)).sum())
+            ks, js = np.nonzero(bad)
+            for k in np.unique(ks):            # rows with a deficient weight: more samples
+                cols = js[ks == k]
+                s, t = S[k, cols], n
+                while t < n_max and (s < want[k, cols]).any():
+                    bt = f32(stream(seed, layer.index, OUT_W, h, t, rows[k]).uniform(-1.0, 1.0, D))
+                    s = s + np.maximum(0.0, np.sign(v[k, cols]) * bt[cols] * a[h, t, chan[cols]])
+                    t += 1
+                    done = s >= want[k, cols]
+                    np.maximum.at(need, chan[cols[done]], t)
+                    cols, s = cols[~done], s[~done]
+                if len(cols):
+                    np.maximum.at(need, chan[cols], n_max)
+                    after += int((s < np.abs(v[k, cols])).sum())
+    return {"n_c": need.tolist(), "n_bias": n_bias, "uncovered_before": before,
+            "uncovered_after": after}
 
 
 def theory_n(d_in: int, d_out: int, depth: int, eps: float) -> int:

@@ -93,3 +93,73 @@ class EffectiveCopies:
     bias: np.ndarray
     copies_in: int
     copies_out: int
+
+
+def copies_effective(Vw: np.ndarray, Vm: np.ndarray, const: np.ndarray | None, channels: int,
+                     copies_in: int, copies_out: int, bias: np.ndarray | None = None
+                     ) -> EffectiveCopies:
+    """Rows of a copies layer (Burkholz) read in the target's terms. Vw, Vm [rows, m, group]
+    (weights and mask; m = channels * copies_in input carriers, carrier of unit c copy k at
+    c * copies_in + k, then the constant neurons), const [m - channels * copies_in]: the constant
+    neurons' values (``constant_values``), kept biases or None. S: the kept weights from the
+    carriers; P: S summed over the copies of each input unit; bias: own kept biases plus the kept
+    links from constant neurons times their values. Sums run per row in a fixed order, so any
+    split into rows gives the same numbers."""
+    if Vw.ndim == 2:
+        Vw, Vm = Vw[:, :, None], Vm[:, :, None]
+    rows, m, g = Vm.shape
+    k = channels * copies_in
+    kept = np.where(Vm, Vw.astype(np.float64), 0.0)
+    S = np.ascontiguousarray(kept[:, :k]).reshape(rows, k * g)
+    S4 = S.reshape(rows, channels, copies_in, g)
+    P = S4[:, :, 0].copy()
+    for q in range(1, copies_in):
+        P += S4[:, :, q]
+    b = np.zeros(rows) if bias is None else np.array(bias, np.float64)
+    if m > k:
+        if const is None or len(const) != m - k:
+            raise SlthError(f"a copies layer reads {m - k} constant neurons but "
+                            f"{0 if const is None else len(const)} values were given")
+        cw = np.ascontiguousarray(kept[:, k:]).reshape(rows, -1)
+        cv = np.repeat(np.asarray(const, np.float64), g)
+        for j in np.flatnonzero(Vm[:, k:].reshape(rows, -1).any(0)):
+            b += cw[:, j] * cv[j]
+    return EffectiveCopies(S, P.reshape(rows, channels * g), b, copies_in, copies_out)
+
+
+def constant_values(weight: np.ndarray, mask: np.ndarray, bias: np.ndarray | None,
+                    bias_mask: np.ndarray | None, r0: int, n: int, position: int = 0
+                    ) -> np.ndarray:
+    """Values of the constant neurons r0:r0+n of a layer of G (float64 [n]): each keeps no input
+    weight, so after the ReLU it outputs relu(kept bias). Raises when one keeps an input."""
+    if n == 0:
+        return np.zeros(0)
+    M = mask[r0:r0 + n].reshape(n, -1)
+    if M.any():
+        raise SlthError(f"layer {position}: constant neuron {r0 + int(M.any(1).argmax())} keeps "
+                        "an input weight; not in the copies form")
+    if bias is None:
+        return np.zeros(n)
+    b = np.where(bias_mask[r0:r0 + n], bias[r0:r0 + n].astype(np.float64), 0.0)
+    return np.maximum(b, 0.0)
+
+
+def copies_gadget_effective(layers: list, gd: dict):
+    """A copies gadget of a graph ticket (``slth.ticket.graph``) read from G's weights and masks:
+    the first layer of the target (gd has "widen": G's copy layer) as an ``EffectiveLayer`` whose
+    rows are the output carriers (the widen/combine reading), later layers as
+    ``EffectiveCopies`` (constant neurons read from the previous layer's rows after its
+    carriers)."""
+    V = layers[gd["layer"]]
+    n, g = gd["carriers"], gd["group"]
+    Vw, Vm = V.weight[:n].reshape(n, -1, g), V.mask[:n].reshape(n, -1, g)
+    bias = None if V.bias is None else V.masked_bias()[:n]
+    if "widen" in gd:
+        U = layers[gd["widen"]]
+        col, a, beta = widen_inputs(U.weight, U.mask, U.bias, U.bias_mask, gd["widen"])
+        return combine_effective(Vw, Vm, col, a, beta, gd["channels"], bias)
+    prev = layers[gd["prev"]]
+    const = constant_values(prev.weight, prev.mask, prev.bias, prev.bias_mask,
+                            gd["prev_carriers"], gd["const_in"], gd["prev"])
+    return copies_effective(Vw, Vm, const, gd["channels"], gd["copies_in"], gd["copies_out"],
+                            bias)

@@ -5,8 +5,9 @@
 convolution of G naming its tensor with "layer" (index into ``Ticket.layers``); and per affine op
 of the target, the gadget standing in for it: {"kind": "pair", "widen": i, "combine": j,
 "channels": C, "group": g} (tensor indices; the combine's columns read channel c at tap s as
-column (widen neuron, s), s < g). A parameter node at position k of the graph is named ``k - 1``
-in the state dict (an MLP's ``nn.Sequential`` numbering, generalised).
+column (widen neuron, s), s < g), or {"kind": "copies", "layer": j, "carriers": rows, ...}
+(Burkholz: ``effective.copies_gadget_effective``). A parameter node at position k of the graph
+is named ``k - 1`` in the state dict (an MLP's ``nn.Sequential`` numbering, generalised).
 
 ``graph_module`` builds a ``torch.fx.GraphModule`` whose Linear/Conv2d submodules carry
 ``weight_orig``/``weight_mask`` as ``torch.nn.utils.prune`` makes them: it runs with torch alone.
@@ -18,7 +19,7 @@ import operator
 
 import numpy as np
 
-from .effective import EffectiveLayer, combine_effective, widen_inputs
+from .effective import EffectiveLayer, combine_effective, copies_gadget_effective, widen_inputs
 
 
 def _nodes(graph: dict):
@@ -49,6 +50,31 @@ def graph_forward(ticket, x, dtype=None):
 
     shape = ticket.graph["nodes"][0]["shape"]
     return run_graph(nodes, x.reshape(x.shape[0], *shape), params)
+
+
+def graph_batch(ticket, budget: int = 1 << 25) -> int:
+    """Inputs per batch so that no convolution's unfolded input ([C_in kh kw, H_out W_out] per
+    input, float64) exceeds ``budget`` numbers."""
+    import torch
+
+    from ..nets import run_graph
+
+    biggest = [1]
+    nodes = _nodes(ticket.graph)
+    layer_of = {i: nd["layer"] for i, nd in enumerate(ticket.graph["nodes"]) if "layer" in nd}
+
+    def params(i):   # a shape-only pass: one zero input, the sizes of every convolution
+        L = ticket.layers[layer_of[i]]
+        return torch.zeros(L.shape, dtype=torch.float32), None
+
+    def probe(nd, args, w, b):
+        if nd.op == "conv":
+            out = torch.nn.functional.conv2d(args[0], w, None, nd.attrs["stride"],
+                                             nd.attrs["padding"], nd.attrs["dilation"])
+            biggest[0] = max(biggest[0], int(np.prod(w.shape[1:])) * out.shape[2] * out.shape[3])
+    shape = ticket.graph["nodes"][0]["shape"]
+    run_graph(nodes, torch.zeros(1, *shape), params, probe)
+    return max(1, budget // biggest[0])
 
 
 def graph_module(ticket):
@@ -111,6 +137,9 @@ def graph_effective(ticket) -> list[EffectiveLayer]:
     """Each gadget of a graph ticket read in the target's terms (from G's weights and masks)."""
     out = []
     for gd in ticket.graph["gadgets"]:
+        if gd.get("kind") == "copies":      # Burkholz's copies of every unit
+            out.append(copies_gadget_effective(ticket.layers, gd))
+            continue
         U, V = ticket.layers[gd["widen"]], ticket.layers[gd["combine"]]
         col, a, beta = widen_inputs(U.weight, U.mask, U.bias, U.bias_mask, gd["widen"])
         m, g = U.shape[0], gd["group"]

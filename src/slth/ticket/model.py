@@ -121,7 +121,8 @@ class Ticket:
         import torch
 
         if self.graph is not None:
-            from .graph import graph_forward
+            from .graph import graph_batch, graph_forward
+            batch = min(batch, graph_batch(self))
             with torch.no_grad():
                 outs = [graph_forward(self, torch.as_tensor(np.ascontiguousarray(x[i:i + batch]),
                                                             dtype=dtype or torch.float64),
