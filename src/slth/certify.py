@@ -35,6 +35,7 @@ products are widened by a relative 1e-12 to cover rounding in the bound itself.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +143,11 @@ class Affine:
         slack = _ROUND * self.apply(aK, np.maximum(np.abs(lo), np.abs(hi)))
         return mid - rad - slack, mid + rad + slack
 
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of one application (per input vector)."""
+        return int(np.prod(self.W.shape[1:])) * int(np.prod(self.node.shape))
+
     def matrix(self, K: np.ndarray) -> np.ndarray:
         """The op with kernel K as a dense matrix [units_out, units_in]."""
         if not self.conv:
@@ -151,24 +157,77 @@ class Affine:
 
 
 @dataclass
+class _Form:
+    """An affine bound M x + b over the input (M None: the constant b), one row per unit."""
+
+    M: np.ndarray | None
+    b: np.ndarray
+
+    def low(self, dom: Domain) -> np.ndarray:
+        return self.b if self.M is None else _concretize(self.M, dom)[0] + self.b
+
+    def high(self, dom: Domain) -> np.ndarray:
+        return self.b if self.M is None else _concretize(self.M, dom)[1] + self.b
+
+    def rows(self, idx, pad: tuple = (0, 0)) -> "_Form":
+        def take(a):
+            return np.concatenate([np.zeros((pad[0], *a.shape[1:])), a[idx],
+                                   np.zeros((pad[1], *a.shape[1:]))])
+        return _Form(None if self.M is None else take(self.M), take(self.b))
+
+    def scaled(self, s: np.ndarray, shift: np.ndarray) -> "_Form":
+        """s * (self - shift), row by row."""
+        return _Form(None if self.M is None else s[:, None] * self.M, s * (self.b - shift))
+
+    def mapped(self, fn) -> "_Form":
+        """A linear map with nonnegative weights (average pooling) applied to the bound."""
+        return _Form(None if self.M is None else fn(self.M.T).T, fn(self.b[None])[0])
+
+
+def _zero(n: int) -> _Form:
+    return _Form(None, np.zeros(n))
+
+
+def _plus(a: _Form, b: _Form, c: np.ndarray | float = 0.0) -> _Form:
+    M = a.M if b.M is None else (b.M if a.M is None else a.M + b.M)
+    return _Form(M, a.b + b.b + c)
+
+
+class _Budget:
+    """Multiply-adds the symbolic forms may still cost; past it, forms are replaced by their
+    concrete bounds and the bound goes on with intervals."""
+
+    def __init__(self, limit: float):
+        self.left = float(limit)
+
+    def afford(self, cost: float) -> bool:
+        if cost <= self.left:
+            self.left -= cost
+            return True
+        self.left = 0.0
+        return False
+
+
+@dataclass
 class _Value:
-    """What the bound knows of one node's value: the target's interval [l, u] (per unit), and the
-    deviation D = G_hat - F of each of G's carriers of it (``copies`` per unit, carrier of unit u
-    copy m at u * copies + m along the channel axis) as an affine function of the input plus an
-    interval, A x + [rl, rh] (A None: no affine part), within [el, eh] (exact bounds, or
-    infinite). nonneg: both values are >= 0."""
+    """What the bound knows of one node's value, as symbolic intervals over the input x: the
+    target's value F in [FL, FU] (per unit; concrete bounds [l, u]), and the deviation
+    D = G_hat - F of each of G's carriers of it (``copies`` per unit, carrier of unit u copy m at
+    u * copies + m along the channel axis) in [DL, DU], within [el, eh] (exact bounds, or None).
+    nonneg: both values are >= 0; is_input: the input itself (possibly flattened)."""
 
     l: np.ndarray
     u: np.ndarray
-    A: np.ndarray | None
-    rl: np.ndarray
-    rh: np.ndarray
+    FL: _Form
+    FU: _Form
+    DL: _Form
+    DU: _Form
     el: np.ndarray | None = None
     eh: np.ndarray | None = None
     nonneg: bool = False
     gl: np.ndarray | None = None      # the ticket's value interval, when known more tightly
     gh: np.ndarray | None = None
-    is_input: bool = False            # the input itself (possibly flattened): exact, no deviation
+    is_input: bool = False
     copies: int = 1
 
     def unit(self, a: np.ndarray, shape: tuple) -> np.ndarray:
@@ -177,11 +236,7 @@ class _Value:
 
     def deviation(self, dom: Domain) -> tuple[np.ndarray, np.ndarray]:
         """Concrete bounds [dl, dh] of D over the domain (widened for rounding)."""
-        if self.A is None:
-            dl, dh = self.rl.copy(), self.rh.copy()
-        else:
-            al, ah = _concretize(self.A, dom)
-            dl, dh = al + self.rl, ah + self.rh
+        dl, dh = self.DL.low(dom), self.DU.high(dom)
         if self.el is not None:
             dl, dh = np.maximum(dl, self.el), np.minimum(dh, self.eh)
         return dl - _ROUND * np.abs(dl), dh + _ROUND * np.abs(dh)
@@ -192,6 +247,16 @@ class _Value:
             return self.gl, self.gh
         dl, dh = self.deviation(dom)
         return self.unit(self.l, shape) + dl, self.unit(self.u, shape) + dh
+
+    def concrete(self, dom: Domain) -> "_Value":
+        """The same value with every form replaced by its concrete bound."""
+        dl, dh = self.deviation(dom)
+        return dataclasses.replace(self, FL=_Form(None, self.l), FU=_Form(None, self.u),
+                                   DL=_Form(None, dl), DU=_Form(None, dh), el=None, eh=None)
+
+    @property
+    def symbolic(self) -> bool:
+        return any(f.M is not None for f in (self.FL, self.FU, self.DL, self.DU))
 
 
 def _expand(a: np.ndarray, shape: tuple, copies: int) -> np.ndarray:
@@ -205,15 +270,36 @@ def _input_value(d0: int, dom: Domain) -> _Value:
         l, u = np.full(d0, -dom.radius), np.full(d0, dom.radius)
     else:
         l, u = np.full(d0, float(dom.lo)), np.full(d0, float(dom.hi))
-    z = np.zeros(d0)
-    return _Value(l, u, None, z, z.copy(), nonneg=dom.kind == "box" and dom.lo >= 0,
+    x = _Form(np.eye(d0), np.zeros(d0))
+    return _Value(l, u, x, x, _zero(d0), _zero(d0), nonneg=dom.kind == "box" and dom.lo >= 0,
                   is_input=True)
 
 
-def _first_affine(op: Affine, e: EffectiveLayer, c, dom: Domain, d0: int) -> _Value:
-    """An affine op on the input itself (exact x): D = (P - W) relu(x) + (N + W) relu(-x) + (b - c),
-    exactly affine on a nonnegative box; on the ball its exact per-unit range is
-    R ||max(+-E, 0)||_2. (e's rows may be several copies of each output channel.)"""
+def _lin(op: "Affine", K: np.ndarray, lo: _Form, hi: _Form, mag: np.ndarray, same: bool = False):
+    """Bounds of K v for v in [lo, hi] (forms): (lower, upper) forms, widened by the rounding
+    slack ROUND |K| mag (mag >= |v|). same: lo is hi (an exact form: one product)."""
+    Kp, Kn = np.maximum(K, 0.0), np.minimum(K, 0.0)
+    slack = _ROUND * op.apply(np.abs(K), mag)
+    if same:
+        mid = op.apply(K, hi.b)
+        M = None if hi.M is None else op.apply(K, hi.M)
+        return _Form(M, mid - slack), _Form(M, mid + slack)
+    ub = op.apply(Kp, hi.b) + op.apply(Kn, lo.b) + slack
+    lb = op.apply(Kp, lo.b) + op.apply(Kn, hi.b) - slack
+
+    def mat(A, B):
+        if A.M is None and B.M is None:
+            return None
+        return ((0.0 if A.M is None else op.apply(Kp, A.M))
+                + (0.0 if B.M is None else op.apply(Kn, B.M)))
+    return _Form(mat(lo, hi), lb), _Form(mat(hi, lo), ub)
+
+
+def _first_affine(op: Affine, e: EffectiveLayer, c, dom: Domain, d0: int, keep: bool) -> _Value:
+    """An affine op on the input itself (exact x): F = W x + c exactly, and
+    D = (P - W) relu(x) + (N + W) relu(-x) + (b - c), exactly affine on a nonnegative box; on the
+    ball its exact per-unit range is R ||max(+-E, 0)||_2. (e's rows may be several copies of each
+    output channel.)"""
     W = op.W.reshape(op.W.shape[0], -1)
     k = e.pos.shape[0] // W.shape[0]
     Wk = np.repeat(W, k, axis=0) if k > 1 else W
@@ -221,14 +307,19 @@ def _first_affine(op: Affine, e: EffectiveLayer, c, dom: Domain, d0: int) -> _Va
     Wm = op.matrix(W)
     units = Wm.shape[0]
     l, u = _concretize(Wm, dom)
-    l, u = l + op.per_unit(c, units), u + op.per_unit(c, units)
-    op = Affine(op.node, op.in_shape, Wk) if k > 1 else op
-    Ep = op.matrix(e.pos.reshape(Wk.shape) - Wk)
-    En = op.matrix(e.neg.reshape(Wk.shape) + Wk)
-    eb = op.per_unit(e.bias, len(Ep)) - op.per_unit(ck, len(Ep))
+    cu = op.per_unit(c, units)
+    l, u = l + cu, u + cu
+    FL = FU = _Form(Wm, cu)
+    if not keep:
+        FL, FU = _Form(None, l), _Form(None, u)
+    opk = Affine(op.node, op.in_shape, Wk) if k > 1 else op
+    Ep = opk.matrix(e.pos.reshape(Wk.shape) - Wk)
+    eb = opk.per_unit(e.bias, len(Ep)) - opk.per_unit(ck, len(Ep))
     if dom.kind == "box" and dom.lo >= 0:
         el, eh = _concretize(Ep, dom)
-        return _Value(l, u, Ep, eb, eb.copy(), el + eb, eh + eb, copies=k)
+        D = _Form(Ep, eb)
+        return _Value(l, u, FL, FU, D, D, el + eb, eh + eb, copies=k)
+    En = opk.matrix(e.neg.reshape(Wk.shape) + Wk)
     S = Ep + En  # E+ relu(x) + E- relu(-x) = E+ x + (E+ + E-) relu(-x)
     R = dom.radius if dom.kind == "ball" else max(abs(dom.lo), abs(dom.hi)) * np.sqrt(d0)
     rl = eb - R * np.linalg.norm(np.maximum(-S, 0), axis=1)
@@ -241,37 +332,49 @@ def _first_affine(op: Affine, e: EffectiveLayer, c, dom: Domain, d0: int) -> _Va
         cand = np.stack([Ep * max(hi, 0), Ep * max(lo, 0), -En * min(lo, 0), -En * min(hi, 0),
                          np.zeros_like(Ep)])
         el, eh = eb + cand.min(0).sum(1), eb + cand.max(0).sum(1)
-    return _Value(l, u, Ep, rl, rh, el, eh, copies=k)
+    return _Value(l, u, FL, FU, _Form(Ep, rl), _Form(Ep, rh), el, eh, copies=k)
+
+
+def _target_affine(op: Affine, W: np.ndarray, c, v: _Value, dom: Domain):
+    """F' = W F + c: forms and concrete bounds (intersected with interval arithmetic)."""
+    mag = np.maximum(np.abs(v.l), np.abs(v.u))
+    FL, FU = _lin(op, W, v.FL, v.FU, mag, same=v.FL is v.FU)
+    cu = op.per_unit(c, len(FL.b))
+    FL, FU = _Form(FL.M, FL.b + cu), _Form(FU.M, FU.b + cu)
+    il, iu = op.imul(W, v.l, v.u)
+    return FL, FU, np.maximum(FL.low(dom), il + cu), np.minimum(FU.high(dom), iu + cu)
 
 
 def _affine(op: Affine, e, c, v: _Value, dom: Domain) -> _Value:
-    """D = W delta + (P - W) relu(h_hat) + (N + W) relu(-h_hat) + (b - c), h_hat the ticket's
-    input (the N term vanishes for nonnegative inputs): interval arithmetic on each term, the
-    affine part carried through W."""
+    """D' = P delta + (P - W) F + (b - c) for nonnegative inputs (P = W + (P - W): the ticket's
+    weights), F and delta as symbolic intervals; for inputs of either sign
+    D' = W delta + (P - W) relu(h_hat) + (N + W) relu(-h_hat) + (b - c), h_hat as an interval."""
     if isinstance(e, EffectiveCopies):
         return _affine_copies(op, e, c, v, dom)
     if v.copies != 1:
         raise SlthError("a widen/combine gadget cannot read copied units")
     W = op.W.reshape(op.W.shape[0], -1)
-    Ep = e.pos.reshape(W.shape) - W
+    P = e.pos.reshape(W.shape)
+    Ep = P - W
+    FL, FU, l, u = _target_affine(op, W, c, v, dom)
+    dl, dh = v.deviation(dom)
+    dmag = np.maximum(np.abs(dl), np.abs(dh))
+    fmag = np.maximum(np.abs(v.l), np.abs(v.u))
+    eb = op.per_unit(e.bias, len(l)) - op.per_unit(c, len(l))
+    if v.nonneg:
+        AL, AU = _lin(op, P, v.DL, v.DU, dmag, same=v.DL is v.DU)
+        BL, BU = _lin(op, Ep, v.FL, v.FU, fmag, same=v.FL is v.FU)
+        return _Value(l, u, FL, FU, _plus(AL, BL, eb), _plus(AU, BU, eb))
     gl, gh = v.ticket(dom, op.in_shape)
-    wl, wh = op.imul(W, v.rl, v.rh)
+    AL, AU = _lin(op, W, v.DL, v.DU, dmag, same=v.DL is v.DU)
     pl, ph = op.imul(Ep, np.maximum(gl, 0), np.maximum(gh, 0))
-    units = len(wl)
-    eb = op.per_unit(e.bias, units) - op.per_unit(c, units)
-    rl, rh = wl + pl + eb, wh + ph + eb
-    if not v.nonneg:
-        nl, nh = op.imul(e.neg.reshape(W.shape) + W, np.maximum(-gh, 0), np.maximum(-gl, 0))
-        rl, rh = rl + nl, rh + nh
-    l, u = op.imul(W, v.l, v.u)
-    l, u = l + op.per_unit(c, units), u + op.per_unit(c, units)
-    A = None if v.A is None else op.apply(W, v.A)
-    return _Value(l, u, A, rl, rh)
+    nl, nh = op.imul(e.neg.reshape(W.shape) + W, np.maximum(-gh, 0), np.maximum(-gl, 0))
+    return _Value(l, u, FL, FU, _Form(AL.M, AL.b + pl + nl + eb), _Form(AU.M, AU.b + ph + nh + eb))
 
 
 def _affine_copies(op: Affine, e: EffectiveCopies, c, v: _Value, dom: Domain) -> _Value:
-    """Copies: D = S delta + (P - W) h + (b - c) per output carrier, h the target's (nonnegative)
-    input, delta the input carriers' deviations; the affine part carried through S."""
+    """Copies: D' = S delta + (P - W) F + (b - c) per output carrier, F the target's
+    (nonnegative) input, delta the input carriers' deviations; symbolic through S."""
     if not v.nonneg or v.copies != e.copies_in:
         raise SlthError("a copies gadget needs nonnegative inputs with as many copies as it reads")
     W = op.W.reshape(op.W.shape[0], -1)
@@ -280,63 +383,73 @@ def _affine_copies(op: Affine, e: EffectiveCopies, c, v: _Value, dom: Domain) ->
     in_c = (op.in_shape[0] * v.copies, *op.in_shape[1:])
     S = Affine(op.node, in_c, e.S)
     E = Affine(op.node, op.in_shape, Wk)
-    wl, wh = S.imul(e.S, v.rl, v.rh)
-    pl, ph = E.imul(e.P - Wk, v.l, v.u)
-    units = len(wl)
-    eb = E.per_unit(e.bias, units) - E.per_unit(ck, units)
-    l, u = op.imul(W, v.l, v.u)
-    l, u = l + op.per_unit(c, len(l)), u + op.per_unit(c, len(l))
-    A = None if v.A is None else S.apply(e.S, v.A)
-    return _Value(l, u, A, wl + pl + eb, wh + ph + eb, copies=k)
+    FL, FU, l, u = _target_affine(op, W, c, v, dom)
+    dl, dh = v.deviation(dom)
+    AL, AU = _lin(S, e.S, v.DL, v.DU, np.maximum(np.abs(dl), np.abs(dh)), same=v.DL is v.DU)
+    BL, BU = _lin(E, e.P - Wk, v.FL, v.FU, np.maximum(np.abs(v.l), np.abs(v.u)),
+                  same=v.FL is v.FU)
+    eb = E.per_unit(e.bias, len(AL.b)) - E.per_unit(ck, len(AL.b))
+    return _Value(l, u, FL, FU, _plus(AL, BL, eb), _plus(AU, BU, eb), copies=k)
 
 
 def _relu(v: _Value, dom: Domain, shape: tuple) -> tuple[_Value, int]:
-    """With z in [l, u] and D in [dl, dh], the change of the activation lies in
-    [min(0, dl), max(0, dh)] and in [-max(0, u), max(0, u + dh)]; it is exactly 0 when u <= 0 and
-    u + dh <= 0, exactly D when l >= 0 and l + dl >= 0 (the affine part is kept)."""
+    """The target: F stays its form where the unit is surely active, 0 where surely inactive;
+    else relu(F) <= s (F - l) (s = u / (u - l)) and relu(F) >= F or >= 0 (DeepPoly's choice).
+    The deviation Delta = relu(F + D) - relu(F): D where the unit is active for both, 0 where
+    inactive for both; else it lies between min(0, D) and max(0, D), bounded by the chords
+    dh (D - dl) / (dh - dl) above and -dl (D - dh) / (dh - dl) below, and within
+    [-max(0, u), max(0, u + dh)]. Every bound is its input's form scaled row by row."""
     dl, dh = v.deviation(dom)
-    l, u = v.unit(v.l, shape), v.unit(v.u, shape)
-    inactive = (u <= 0) & (u + dh <= 0)
-    active = (l >= 0) & (l + dl >= 0)
+    l, u = v.l, v.u
+    up, mid = l >= 0, (l < 0) & (u > 0)
+    s = np.where(mid, u / np.where(mid, u - l, 1.0), up * 1.0)
+    FU = v.FU.scaled(s, np.where(mid, l, 0.0))
+    FL = v.FL.scaled((up | (mid & (u > -l))) * 1.0, 0.0)
+    lc, uc = v.unit(l, shape), v.unit(u, shape)
+    inactive = (uc <= 0) & (uc + dh <= 0)
+    active = (lc >= 0) & (lc + dl >= 0)
     unstable = ~(inactive | active)
-    del_l = np.maximum(np.minimum(0, dl), -np.maximum(0, u))
-    del_h = np.minimum(np.maximum(0, dh), np.maximum(0, u + dh))
-    A = None if v.A is None else np.where(active[:, None], v.A, 0.0)
-    rl = np.where(active, v.rl, np.where(unstable, del_l, 0.0))
-    rh = np.where(active, v.rh, np.where(unstable, del_h, 0.0))
-    out = _Value(np.maximum(v.l, 0), np.maximum(v.u, 0), A, rl, rh, nonneg=True,
-                 gl=np.maximum(l + dl, 0), gh=np.maximum(u + dh, 0), copies=v.copies)
+    both = unstable & (dl < 0) & (dh > 0)
+    width = np.where(both, dh - dl, 1.0)
+    DU = v.DU.scaled(np.where(both, dh / width, (active | unstable & (dl >= 0)) * 1.0),
+                     np.where(both, dl, 0.0))
+    DL = v.DL.scaled(np.where(both, -dl / width, (active | unstable & (dh <= 0)) * 1.0),
+                     np.where(both, dh, 0.0))
+    el = np.where(unstable, np.maximum(np.minimum(0, dl), -np.maximum(0, uc)),
+                  np.where(active, dl, 0.0))
+    eh = np.where(unstable, np.minimum(np.maximum(0, dh), np.maximum(0, uc + dh)),
+                  np.where(active, dh, 0.0))
+    out = _Value(np.maximum(l, 0), np.maximum(u, 0), FL, FU, DL, DU, el, eh, nonneg=True,
+                 gl=np.maximum(lc + dl, 0), gh=np.maximum(uc + dh, 0), copies=v.copies)
     return out, int(unstable.sum())
 
 
 def _pool(fn, v: _Value, shape: tuple, dom: Domain, linear: bool) -> _Value:
     """Pooling: ``fn`` on [N, C, H, W] tensors. Average pooling is linear with nonnegative
-    weights (the affine part goes through it); for max pooling
-    max(h + D) - max(h) lies in [min D, max D] over the window."""
+    weights (the forms go through it); for max pooling, max(h + D) - max(h) lies in
+    [min D, max D] over the window, and the target in [max l, max u]."""
     import torch
 
-    def f(a):
-        t = torch.from_numpy(np.ascontiguousarray(a, np.float64))
-        return fn(t.reshape(-1, *shape)).reshape(t.shape[0] if a.ndim == 2 else 1, -1).numpy()
+    def over(sh):
+        def f(a):
+            t = torch.from_numpy(np.ascontiguousarray(a, np.float64))
+            return fn(t.reshape(-1, *sh)).reshape(t.shape[0], -1).numpy()
+        return f
 
-    def one(a, units=False):
-        return f(a[None])[0] if units or v.copies == 1 else fc(a[None])[0]
-
-    cshape = (shape[0] * v.copies, *shape[1:])
-
-    def fc(a):
-        t = torch.from_numpy(np.ascontiguousarray(a, np.float64))
-        return fn(t.reshape(-1, *cshape)).reshape(t.shape[0], -1).numpy()
-
+    unit, carrier = over(shape), over((shape[0] * v.copies, *shape[1:]))
     gl, gh = v.ticket(dom, shape)
-    k = v.copies
+    one_u, one_c = (lambda a: unit(a[None])[0]), (lambda a: carrier(a[None])[0])
     if linear:
-        A = None if v.A is None else (f if k == 1 else fc)(v.A.T).T
-        return _Value(one(v.l, True), one(v.u, True), A, one(v.rl), one(v.rh), nonneg=v.nonneg,
-                      gl=one(gl), gh=one(gh), copies=k)
+        ex = v.el is not None
+        return _Value(one_u(v.l), one_u(v.u), v.FL.mapped(unit), v.FU.mapped(unit),
+                      v.DL.mapped(carrier), v.DU.mapped(carrier), one_c(v.el) if ex else None,
+                      one_c(v.eh) if ex else None, nonneg=v.nonneg, gl=one_c(gl), gh=one_c(gh),
+                      copies=v.copies)
     dl, dh = v.deviation(dom)
-    return _Value(one(v.l, True), one(v.u, True), None, -one(-dl), one(dh), nonneg=v.nonneg,
-                  gl=one(gl), gh=one(gh), copies=k)
+    l, u = one_u(v.l), one_u(v.u)
+    return _Value(l, u, _Form(None, l), _Form(None, u), _Form(None, -one_c(-dl)),
+                  _Form(None, one_c(dh)), nonneg=v.nonneg, gl=one_c(gl), gh=one_c(gh),
+                  copies=v.copies)
 
 
 def _select(v: _Value, shape: tuple, step: tuple = (1, 1), pad: tuple = (0, 0)) -> _Value:
@@ -344,27 +457,34 @@ def _select(v: _Value, shape: tuple, step: tuple = (1, 1), pad: tuple = (0, 0)) 
     [C, H, W] value, for per-unit and per-carrier arrays alike."""
     C, H, W = shape
 
+    def index(k):
+        idx = np.arange(C * k * H * W).reshape(C * k, H, W)[:, ::step[0], ::step[1]].ravel()
+        n = len(idx) // (C * k)
+        return idx, (pad[0] * k * n, pad[1] * k * n)
+
     def pick(a, k):
         if a is None:
             return None
-        idx = np.arange(C * k * H * W).reshape(C * k, H, W)[:, ::step[0], ::step[1]].ravel()
-        n = len(idx) // (C * k)
-        z0, z1 = (np.zeros((p * k * n, *a.shape[1:])) for p in pad)
-        return np.concatenate([z0, a[idx], z1])
+        idx, (p0, p1) = index(k)
+        return np.concatenate([np.zeros(p0), a[idx], np.zeros(p1)])
 
     k = v.copies
-    return _Value(pick(v.l, 1), pick(v.u, 1), pick(v.A, k), pick(v.rl, k), pick(v.rh, k),
-                  pick(v.el, k), pick(v.eh, k), v.nonneg, pick(v.gl, k), pick(v.gh, k), copies=k)
+    iu, pu = index(1)
+    ic, pc = index(k)
+    return _Value(pick(v.l, 1), pick(v.u, 1), v.FL.rows(iu, pu), v.FU.rows(iu, pu),
+                  v.DL.rows(ic, pc), v.DU.rows(ic, pc), pick(v.el, k), pick(v.eh, k), v.nonneg,
+                  pick(v.gl, k), pick(v.gh, k), copies=k)
 
 
 def _add(a: _Value, b: _Value, dom: Domain, shape: tuple) -> _Value:
     if a.copies != b.copies:
         raise SlthError("a residual add of values with different numbers of copies")
-    A = None if a.A is None and b.A is None else (
-        (a.A if a.A is not None else 0.0) + (b.A if b.A is not None else 0.0))
     agl, agh = a.ticket(dom, shape)
     bgl, bgh = b.ticket(dom, shape)
-    return _Value(a.l + b.l, a.u + b.u, A, a.rl + b.rl, a.rh + b.rh, nonneg=a.nonneg and b.nonneg,
+    adl, adh = a.deviation(dom)
+    bdl, bdh = b.deviation(dom)
+    return _Value(a.l + b.l, a.u + b.u, _plus(a.FL, b.FL), _plus(a.FU, b.FU), _plus(a.DL, b.DL),
+                  _plus(a.DU, b.DU), adl + bdl, adh + bdh, nonneg=a.nonneg and b.nonneg,
                   gl=agl + bgl, gh=agh + bgh, copies=a.copies)
 
 
@@ -395,11 +515,17 @@ def _node_value(nd, vals: dict, shapes: dict, dom: Domain) -> _Value:
     raise SlthError(f"the certification does not handle op {nd.op!r}")
 
 
-def bound_details(target, eff: list[EffectiveLayer], domain: Domain) -> dict:
+SYMBOLIC_BUDGET = 4e10   # multiply-adds the symbolic forms may cost (about a minute on 2 cores)
+
+
+def bound_details(target, eff: list[EffectiveLayer], domain: Domain,
+                  budget: float = SYMBOLIC_BUDGET) -> dict:
     """Per-layer deviation bounds and the certified bound on max_{x in domain}
-    ||F(x) - G_hat(x)||_inf (see the module docstring): the deviation is carried node by node
-    through the target's graph (Linear layers, convolutions, ReLU, pooling, flatten, residual
-    adds, shortcuts), the effective form ``eff`` standing in for each affine op."""
+    ||F(x) - G_hat(x)||_inf (see the module docstring): target and deviation carried node by
+    node as symbolic intervals over x through the target's graph (Linear layers, convolutions,
+    ReLU, pooling, flatten, residual adds, shortcuts), the effective form ``eff`` standing in for
+    each affine op. ``budget``: multiply-adds the symbolic forms may cost before the bound
+    continues with intervals (0: intervals from the second affine op on)."""
     nodes = target.nodes
     affine = [i for i, nd in enumerate(nodes) if nd.op in ("linear", "conv")]
     if len(eff) != len(affine):
@@ -407,8 +533,7 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain) -> dict:
                         f"{len(affine)} layers")
     for k, (e, i) in enumerate(zip(eff, affine)):
         P = e.P if isinstance(e, EffectiveCopies) else e.pos
-        if P.size % nodes[i].weight.size or P.shape[1] * np.prod(nodes[i].weight.shape[:1]) \
-                != nodes[i].weight.size:
+        if P.shape[1] * nodes[i].weight.shape[0] != nodes[i].weight.size:
             raise SlthError(f"ticket layer pair {k} computes {list(P.shape)} but the target "
                             f"layer is {list(nodes[i].weight.shape)}")
     shapes = {i: tuple(nd.shape) for i, nd in enumerate(nodes)}
@@ -417,15 +542,22 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain) -> dict:
     for i, nd in enumerate(nodes):
         for j in nd.inputs:
             last[j] = max(last[j], i)
+    money = _Budget(budget)
     vals = {0: _input_value(d0, domain)}
-    per_layer, n_unstable = [], []
+    per_layer, n_unstable, symbolic = [], [], []
     for i, nd in enumerate(nodes[1:], start=1):
         if nd.op in ("linear", "conv"):
             k = affine.index(i)
             op = Affine(nd, shapes[nd.inputs[0]])
             v = vals[nd.inputs[0]]
-            vals[i] = (_first_affine(op, eff[k], nd.bias, domain, d0) if v.is_input
-                       else _affine(op, eff[k], nd.bias, v, domain))
+            if v.is_input:
+                keep = money.afford(op.macs * d0)
+                vals[i] = _first_affine(op, eff[k], nd.bias, domain, d0, keep)
+            else:
+                if v.symbolic and not money.afford(12 * op.macs * d0 * v.copies):
+                    v = v.concrete(domain)
+                vals[i] = _affine(op, eff[k], nd.bias, v, domain)
+            symbolic.append(vals[i].symbolic)
             dl, dh = vals[i].deviation(domain)
             per_layer.append(float(np.maximum(np.abs(dl), np.abs(dh)).max(initial=0.0)))
         elif nd.op == "relu":
@@ -439,7 +571,7 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain) -> dict:
     dl, dh = vals[len(nodes) - 1].deviation(domain)
     bound = float(np.maximum(np.abs(dl), np.abs(dh)).max(initial=0.0))
     return {"certified_bound": bound, "per_layer_deviation": per_layer,
-            "unstable_units": n_unstable}
+            "unstable_units": n_unstable, "symbolic_layers": symbolic}
 
 
 # ------------------------------------------------------------------------------------------

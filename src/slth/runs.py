@@ -8,22 +8,22 @@ A run folder holds
 * ``settings.json``: everything the result depends on (method, target fingerprint, construction
   settings, domain, data; their SHA-256 names the folder) and the chunk plan;
 * ``run.log``: one timestamped line per event (start, chunk computed / reused / corrupt, finished);
-* ``chunks/L{layer}-{r0}-{r1}.{sha256}.npz`` while the run is in progress: one finished chunk of
-  output rows each (its masks, effective rows and errors: ``runtasks.state_shapes``), numpy
-  arrays only (read with ``allow_pickle=False``), written to a temporary
-  file and renamed into place; the name carries the SHA-256 of the file, checked before a chunk is
-  used (a mismatch: the file is deleted and the chunk recomputed). Removed when the run finishes;
-* ``ticket.safetensors`` (filled piece by piece as ``ticket.safetensors.part``, renamed once
-  complete and certified), ``sparsity_report.json`` (density and sparsity per layer and in total)
-  and ``report.json``, written last: a folder with ``report.json`` is finished and never recomputed.
+* ``chunks/L{layer}-{r0}-{r1}[-n{size}].{sha256}.npz`` while the run is in progress: one finished
+  chunk of output rows each (its state: masks, effective rows, reductions; the size is named in
+  ``--eps`` runs, which try several), numpy arrays only (read with ``allow_pickle=False``),
+  written to a temporary file and renamed into place; the name carries the SHA-256 of the file,
+  checked before a chunk is used (a mismatch: the file is deleted and the chunk recomputed).
+  Removed when the run finishes;
+* ``ticket.safetensors`` (filled piece by piece as ``ticket.safetensors.<attempt>.part``, renamed
+  once complete), ``sparsity_report.json`` (density and sparsity per layer and in total) and
+  ``report.json``, written last: a folder with ``report.json`` is finished and never recomputed.
 
-Pensia's construction with a block size n is split into chunks of output rows
-(``pensia.solve_rows``). Every row's draws come from its own seeded streams, so the ticket depends
-neither on the chunking nor on the number of workers nor on the order chunks finish: it is
-byte-identical to ``pensia.construct`` in one process. A run killed at any point (Ctrl-C, kill -9,
-a lost worker) resumes from its finished chunks (G's rows of those are redrawn, not solved again).
-The client never holds G: see ``_pensia_tasks`` and ``slth.runtasks``. Other methods and ``eps`` mode run as one piece in
-this process, still in a run folder (resumable only as a whole).
+Every construction runs through the same driver (``slth.pipeline.build``): chunks of output rows
+solved on their own (``method.solve``), on this process or Dask, so the ticket depends neither on
+the chunking nor on the number of workers nor on the order chunks finish. A run killed at any
+point (Ctrl-C, kill -9, a lost worker) resumes from its finished chunks - in ``--eps`` runs also
+in the middle of the size search - and G's rows of those are redrawn, not solved again. The
+client never holds G (``slth.tasks``).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def execute(target, method: str = "pensia", settings: dict | None = None,
             runs_dir: str | os.PathLike = "runs", workers: int | None = None,
             scheduler: str | None = None, threads: int | None = None,
             chunk_weights: int = CHUNK_WEIGHTS, compact: bool = False,
-            evaluate_options: dict | None = None,
+            evaluate_options: dict | None = None, target_label: str | None = None,
             progress: Callable[[str, int | None, int | None], None] | None = None) -> Run:
     """Build, certify and save a ticket in ``runs_dir/<method>-<hash>/``, resuming what a
     previous call left there; a finished run is returned as it is.
@@ -176,9 +176,8 @@ def execute(target, method: str = "pensia", settings: dict | None = None,
 
     t_start = time.perf_counter()
     say = progress or (lambda msg, done=None, total=None: None)
-    target_label = None
     if not hasattr(target, "weights"):
-        target_label = str(target)
+        target_label = target_label or str(target)
         target = load_target(target)
     domain = domain or Domain()
     ds = _dataset(data, data_dir, target)

@@ -221,3 +221,30 @@ class MethodCommand(click.Command):
         ctx.params["method_options"] = {k: ctx.params.pop(k) for k in list(ctx.params)
                                         if k in fields}
         return super().invoke(ctx)
+
+
+def target_options(f):
+    """--model FILE.py:FACTORY and --input-shape C,H,W: how to read a target that is not a
+    self-describing file (``slth.targets.load_target``)."""
+    f = click.option("--input-shape", default=None, metavar="C,H,W",
+                     help="Input shape for tracing a --model (default: the --data images').")(f)
+    f = click.option("--model", "model_spec", default=None, metavar="FILE.py:FACTORY",
+                     help="TARGET is a weights file for the network FACTORY() in your Python "
+                          "file (the file is run; the weights are loaded with "
+                          "weights_only=True or from safetensors).")(f)
+    return f
+
+
+def load_cli_target(path, model_spec: str | None, input_shape: str | None,
+                    data_name: str | None):
+    """The target a command names: a file, or weights for --model traced at --input-shape (or
+    the data's image shape)."""
+    from ..targets import load_target
+
+    shape = None
+    if input_shape is not None:
+        shape = tuple(parse_int_list(input_shape, "--input-shape"))
+    elif model_spec is not None and data_name is not None:
+        from ..data import load_dataset
+        shape = load_dataset(data_name).image_shape if data_name == "digits" else (1, 28, 28)
+    return load_target(path, input_shape=shape, model=model_spec)

@@ -11,7 +11,7 @@ from ..errors import SlthError
 from . import app
 from ..jsonio import write_json
 from ._common import (MethodCommand, atomic_output_dir, console, data_options, domain_options,
-                      method_settings, peak_rss_mb, progress_bar)
+                      load_cli_target, method_settings, peak_rss_mb, progress_bar, target_options)
 
 
 @app.command("compare", cls=MethodCommand)
@@ -24,13 +24,14 @@ from ._common import (MethodCommand, atomic_output_dir, console, data_options, d
 @click.option("--data", "data_name", type=click.Choice(["digits", "fashion-mnist", "mnist"]),
               default=None, help="Test data for accuracy, agreement and the empirical error.")
 @data_options
+@target_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for G's weights.")
 @click.option("--rescale/--no-rescale", default=False, show_default=True,
               help="Scale each layer to max |w| = 1/sqrt(d_in) first (Malach's assumption; a "
                    "bias-free classifier keeps its predictions).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-def compare_cmd(target, eps, domain, radius, methods, data_name, data_dir, seed, rescale, out,
-                method_options):
+def compare_cmd(target, eps, domain, radius, methods, data_name, data_dir, model_spec,
+                input_shape, seed, rescale, out, method_options):
     """Build TARGET's ticket with every method at the same eps and compare random and active
     parameters, density, over-parameterization, neurons per target weight, certified bound,
     accuracy, agreement and time. Writes OUT/compare.json, OUT/compare.md and OUT/compare.png.
@@ -41,7 +42,6 @@ def compare_cmd(target, eps, domain, radius, methods, data_name, data_dir, seed,
     from ..constructions import names
     from ..experiments.width import malach_scaled
     from ..runs import check_data_fits
-    from ..targets import load_target
 
     if not eps > 0:
         raise SlthError(f"--eps must be > 0, got {eps}")
@@ -54,7 +54,7 @@ def compare_cmd(target, eps, domain, radius, methods, data_name, data_dir, seed,
     for m in ms:
         settings.update(method_settings(m, method_options, strict=False))
     dom = Domain(domain, radius=radius)
-    mlp = load_target(target)
+    mlp = load_cli_target(target, model_spec, input_shape, data_name)
     if rescale:
         mlp = malach_scaled(mlp)
     data = load_dataset(data_name, data_dir) if data_name else None
@@ -69,7 +69,8 @@ def compare_cmd(target, eps, domain, radius, methods, data_name, data_dir, seed,
         res["plot"] = C.plot(res, tmp)
         (tmp / "compare.md").write_text(C.markdown(res))
         write_json(tmp / "compare.json", res)
-    t = Table(title=f"{'-'.join(map(str, mlp.dims))} target, eps = {eps:g} on {dom.describe()}")
+    t = Table(title=f"{getattr(mlp, 'name', '') or 'the'} target, eps = {eps:g} on "
+                    f"{dom.describe()}")
     for col in ("method", "random params", "active params", "density", "G / target",
                 "neurons / target weight", "size", "certified bound", "max error found",
                 "accuracy", "agreement", "time"):

@@ -12,7 +12,8 @@ from rich.table import Table
 from ..errors import SlthError
 from . import app
 from ._common import (MethodCommand, atomic_output_dir, console, data_options, domain_options,
-                      method_settings, parse_size, progress_bar, runs_dir_option, size_options)
+                      load_cli_target, method_settings, parse_size, progress_bar, runs_dir_option,
+                      size_options, target_options)
 
 
 def _fmt(v, spec=".3g"):
@@ -69,6 +70,7 @@ def report_table(rep: dict, title: str) -> Table:
 @click.option("--data", "data_name", type=click.Choice(["digits", "fashion-mnist", "mnist"]),
               default=None, help="Test data for accuracy, agreement and the empirical error.")
 @data_options
+@target_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for G's weights.")
 @click.option("--compact/--no-compact", default=False, show_default=True,
               help="Also write ticket.compact.safetensors (active weights only).")
@@ -80,8 +82,8 @@ def report_table(rep: dict, title: str) -> Table:
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Build on an existing Dask cluster.")
 @runs_dir_option
-def construct_cmd(target, method, eps, n_text, domain, radius, data_name, data_dir, seed,
-                  compact, out, workers, scheduler, runs_dir, method_options):
+def construct_cmd(target, method, eps, n_text, domain, radius, data_name, data_dir, model_spec,
+                  input_shape, seed, compact, out, workers, scheduler, runs_dir, method_options):
     """Build a ticket for TARGET inside a random network, certify its output error, and write
     RUNS_DIR/<method>-<hash>/ticket.safetensors and report.json (resumable: the same command
     again continues an interrupted run and returns a finished one as it is)."""
@@ -95,13 +97,15 @@ def construct_cmd(target, method, eps, n_text, domain, radius, data_name, data_d
                         "not both")
     if out is not None and out.exists() and not out.is_dir():
         raise SlthError(f"--out {out} exists and is not a folder; choose another path")
+    net = load_cli_target(target, model_spec, input_shape, data_name)
     with progress_bar(transient=True) as bar:
         task = bar.add_task("constructing", total=None)
 
         def say(msg, done=None, total=None):
             bar.update(task, description=msg, completed=done or 0, total=total)
 
-        run = execute(target, method, settings, domain=Domain(domain, radius=radius),
+        run = execute(net, method, settings, domain=Domain(domain, radius=radius),
+                      target_label=str(target),
                       data=data_name, data_dir=data_dir, runs_dir=runs_dir, workers=workers,
                       scheduler=scheduler, compact=compact, progress=say)
     console.print(report_table(run.report, f"{method} ticket for {target}"))

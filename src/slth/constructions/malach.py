@@ -133,9 +133,7 @@ class Malach(Method):
 
     def tensors(self, layer: TargetLayer, K: int, plan=None) -> list[Tensor]:
         if layer.kind != "linear":
-            raise SlthError(f"malach: layer {layer.index} is a {layer.kind} layer; Malach's "
-                            "construction gives every target neuron its own gadget and is built "
-                            "here for Linear layers only; use --method pensia or orseau")
+            raise SlthError(self._unrolled(layer, K))
         return [Tensor("widen", (layer.d_out * K, layer.d_in), layer.has_bias, per_row=K),
                 Tensor("combine", (layer.d_out, layer.d_out * K), False, per_row=1)]
 
@@ -183,6 +181,22 @@ class Malach(Method):
                 Vm[i, k * K + r] = True
         return {"widen": Rows(Uw, Um, Ub, Ubm), "combine": Rows(Vw, Vm)}
 
+    def _unrolled(self, layer: TargetLayer, K: int) -> str:
+        """Why a convolution (or a Linear reading a map) is refused, with the size it needs."""
+        if layer.kind == "conv":
+            g = layer.geometry
+            (H, W), (kh, kw) = g["in_hw"], g["kernel"]
+            out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(
+                (H, W), (kh, kw), g["stride"], g["padding"], g["dilation"])]
+            neurons, fan_in = layer.d_out * out[0] * out[1], layer.channels * H * W
+        else:
+            neurons, fan_in = layer.d_out, layer.d_in
+        need = neurons * K * (fan_in + neurons)
+        return (f"malach: layer {layer.index} is a {layer.kind} layer; Malach's construction gives "
+                f"every one of its {neurons:,} output neurons its own gadget (no weight sharing), "
+                f"which at K = {K:,} needs {need:,} random parameters for this layer alone; use "
+                "--method pensia or orseau")
+
     def size_range(self, target) -> tuple[int, int]:
         return 1, max(1, self.settings.max_params // self.g_params(target, [1] * target.depth))
 
@@ -192,6 +206,7 @@ class Malach(Method):
             raise SlthError(f"--n gave {len(Ks)} sizes for a target of {target.depth} layers")
         if any(K < 1 for K in Ks):
             raise SlthError(f"gadget sizes must be >= 1, got {Ks}")
+        refuse_maps(target, Ks)
         if self.g_params(target, Ks) > self.settings.max_params:
             self.too_big(target, Ks, f"--n {Ks}")
         return Ks
@@ -199,6 +214,7 @@ class Malach(Method):
     def configure(self, target, eps, domain=None):
         if eps is None:
             return self
+        refuse_maps(target, None)
         from ..certify import Domain, bound_details
         from ..ticket.effective import EffectiveLayer
         best = bound_details(target, [EffectiveLayer(np.clip(W, -1, 1), -np.clip(W, -1, 1),
@@ -256,6 +272,38 @@ def solve_layer(W: np.ndarray, c: np.ndarray | None, K: int, seed: int, layer: i
     """Match every gadget of one MLP layer at gadget size K."""
     spec = TargetLayer(layer, np.asarray(W, np.float64), c, W.shape[0])
     return LayerSolution(K, Malach().solve(spec, K, seed))
+
+
+def refuse_maps(target, Ks: list[int] | None) -> None:
+    """Refuse a target with convolutions (or Linear layers reading feature maps) in one line that
+    names the size Malach's gadgets would need there: one gadget per output unit of the layer read
+    as a dense map (C_out H_out W_out units, each reading C_in H_in W_in inputs)."""
+    if isinstance(target, MLP):
+        return
+    from .base import target_layers
+
+    bad = next((L for L in target_layers(target) if L.kind != "linear"), None)
+    if bad is None:
+        return
+    dims, bias = [], []
+    for i in target.affine:
+        nd = target.nodes[i]
+        dims.append((int(np.prod(target.nodes[nd.inputs[0]].shape)), int(np.prod(nd.shape))))
+        bias.append(nd.bias is not None)
+    d_in, units = dims[bad.index]
+    per_k = sum(o * (d + int(b) + o) for (d, o), b in zip(dims, bias))
+    shape = "x".join(map(str, target.nodes[target.affine[bad.index]].shape))
+    if Ks is None:
+        size = f"{units:,} x K neurons there and {per_k:,} x K random parameters in all"
+    else:
+        need = sum(o * K * (d + int(b) + o) for (d, o), b, K in zip(dims, bias, Ks))
+        size = (f"{units * Ks[bad.index]:,} neurons there at K = {Ks[bad.index]} and "
+                f"{need:,} random parameters in all")
+    raise SlthError(f"malach: layer {bad.index} is a {bad.kind} layer; Malach's construction "
+                    f"gives every target neuron its own gadget of K neurons and is built here for "
+                    f"Linear layers only (read as a dense layer, its {shape} = {units:,} output "
+                    f"units from {d_in:,} inputs would need {size}); use --method pensia or "
+                    "orseau")
 
 
 def g_params(dims: list[int], Ks: list[int], has_bias: list[bool]) -> int:

@@ -17,7 +17,7 @@ from ..constructions import get, settings_fields
 from ..constructions.malach import TooLarge
 from ..errors import SlthError
 from ..pipeline import construct
-from ..report import evaluate
+from ..report import evaluate, target_dims
 from ..targets import MLP
 
 METHODS = ("pensia", "orseau", "orseau-uniform", "malach")
@@ -56,17 +56,21 @@ def run(target: MLP, eps: float, domain: Domain, data=None, methods=METHODS, see
         rows.append({
             "method": m, **{k: rep.get(k) for k in COLUMNS if k in rep},
             "size": con.info[method.size.key], "size_kind": method.size.meaning,
-            "neurons_per_target_weight": extra_neurons(con.ticket, target),
+            "neurons_per_target_weight": extra_neurons(con.built.layout, target),
             "theory_random_params": con.info.get("theory_random_params"),
             "seconds": time.perf_counter() - t0, "report": rep,
         })
-    return {"eps": eps, "domain": domain.as_dict(), "seed": seed, "target_dims": target.dims,
+    return {"eps": eps, "domain": domain.as_dict(), "seed": seed,
+            "target_dims": target_dims(target),
             "target_params": target.n_params, "rows": rows, "malach_vs": malach_ratios(rows)}
 
 
-def extra_neurons(ticket, target) -> float:
-    """Hidden neurons G has beyond the target's, per target parameter."""
-    return (sum(ticket.widths[1:-1]) - sum(target.dims[1:-1])) / target.n_params
+def extra_neurons(layout, target) -> float:
+    """Neurons (channels) of G's tensors standing between a target layer's input and its output
+    (widen layers, copy layers), per target parameter."""
+    last = {i: j for j, (i, _) in enumerate(layout.tensors)}
+    extra = sum(t.shape[0] for j, (i, t) in enumerate(layout.tensors) if last[i] != j)
+    return extra / max(1, target.n_params)
 
 
 def malach_ratios(rows: list[dict]) -> dict:
