@@ -178,10 +178,13 @@ class LayerSolution:
 
 
 def solve_layer(W: np.ndarray, c: np.ndarray | None, n: int, seed: int, layer: int,
-                prune_dead: bool = False, threads: int | None = None) -> LayerSolution:
-    """Solve every SubsetSum of one MLP layer at block size n (all rows in one chunk)."""
+                prune_dead: bool = False, threads: int | None = None,
+                coverage: bool = True) -> LayerSolution:
+    """Solve every SubsetSum of one MLP layer at block size n (all rows in one chunk), with the
+    layer's coverage plan (as ``construct`` does)."""
     spec = TargetLayer(layer, np.asarray(W, np.float64), c, W.shape[0])
-    return LayerSolution(n, Pensia(prune_dead=prune_dead).solve(spec, n, seed, threads=threads))
+    m = Pensia(prune_dead=prune_dead, coverage=coverage)
+    return LayerSolution(n, m.solve(spec, n, seed, plan=m.plan(spec, n, seed), threads=threads))
 
 
 def widen_weights(a: np.ndarray, beta: np.ndarray | None, seed: int, layer: int):
