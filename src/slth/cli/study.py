@@ -122,3 +122,52 @@ def neurons_cmd(dims, widths, seeds, threshold, out):
         t.add_row(*row)
     console.print(t)
     console.print(f"wrote {out}/neurons.json and {out}/neurons.png")
+
+
+@study_app.command("depth")
+@click.option("--methods", default="pensia,orseau,burkholz", show_default=True,
+              help="Comma-separated registered methods.")
+@click.option("--depths", default="1,2,3,4,5,6", show_default=True, help="Target depths l.")
+@click.option("--eps-grid", default="1e-2,1e-3", show_default=True, help="Certified errors.")
+@click.option("--width", type=int, default=8, show_default=True,
+              help="Width of the random targets (within the theorems' assumptions).")
+@click.option("--trained/--no-trained", default=True, show_default=True,
+              help="Also ReLU nets of each depth trained on digits (hidden width 16).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Processes.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+def depth_cmd(methods, depths, eps_grid, width, trained, seed, workers, out):
+    """What depth costs in width: for targets of depth l = 1..6 and each eps, the depth of G,
+    its random and active parameters, time and certified bound, for Pensia and Orseau (depth 2l)
+    and Burkholz (depth l+1), beside the theorems. Writes OUT/depth.json and OUT/depth.png."""
+    from ..experiments import depth as D
+
+    s = D.Settings(methods=[m.strip() for m in methods.split(",") if m.strip()],
+                   depths=parse_int_list(depths, "--depths"),
+                   eps_grid=parse_float_list(eps_grid, "--eps-grid"), width=width,
+                   trained=trained, seed=seed, workers=workers)
+    s.check()
+    with atomic_output_dir(out) as tmp:
+        with progress_bar() as bar:
+            task = bar.add_task("depth study", total=None)
+            res = D.run(s, progress=lambda done, total, msg: bar.update(
+                task, completed=done, total=total, description=msg))
+        res["peak_rss_mb"] = peak_rss_mb()
+        res["plot"] = D.plot(res, tmp)
+        write_json(tmp / "depth.json", res)
+    t = Table(title="what depth costs in width (sizes found by --eps, certified)")
+    for col in ("target", "l", "eps", "method", "G depth", "size", "random params",
+                "active params", "theory random", "certified bound", "time"):
+        t.add_column(col, justify="right")
+    for r in res["rows"]:
+        if r.get("refused"):
+            t.add_row(r["target"], str(r["depth"]), f"{r['eps']:g}", r["method"],
+                      "refused", *["-"] * 6)
+            continue
+        t.add_row(r["target"], str(r["depth"]), f"{r['eps']:g}", r["method"], str(r["g_depth"]),
+                  ",".join(map(str, r["size"])), f"{r['random_params']:,}",
+                  f"{r['active_params']:,}",
+                  f"{r['theory_random_params']:,}" if r.get("theory_random_params") else "-",
+                  f"{r['certified_bound']:.3g}", f"{r['seconds']:.1f} s")
+    console.print(t)
+    console.print(f"{res['seconds']:.0f} s; wrote {out}/depth.json and {out}/depth.png")

@@ -3,8 +3,9 @@
 For a method, a target, a domain and a seed, the *size* is pensia's and orseau's block size n
 (samples per half-block) or malach's gadget size K (neurons per target neuron), the same in every
 layer; the smallest size whose certified bound is <= eps is found by growing and bisection
-(``slth.constructions._search``; to within ``rel_tol`` = 5%, exact below 20) on the effective
-form alone (no G is materialised). Over S seeds
+(``slth.pipeline.smallest``; to within ``rel_tol`` = 5%, exact below 20) on the effective
+form alone (no G is materialised). Pensia's blocks are uniform here (no coverage plan), so that
+its size is the theorem's n. Over S seeds
 the size that meets eps with probability >= 1 - delta is the ceil((1 - delta) S)-th smallest
 (S = ``seeds``, but ``pensia_seeds`` = 30 for pensia, whose search is cheap: an upper order
 statistic of 10 integers is noisy).
@@ -122,9 +123,12 @@ def digits_target(seed: int = 0) -> tuple[MLP, str]:
 
 # ------------------------------------------------------------------------------ one method
 def _method(method: str, target: MLP, eps: float | None, s: "Settings | None" = None):
-    """The registered method, configured for the target (malach: the study's --max-params)."""
-    opts = {"max_params": s.max_params} if s is not None and "max_params" in {
-        f.name for f in settings_fields(method)} else {}
+    """The registered method, configured for the target (malach: the study's --max-params;
+    pensia: uniform blocks, without coverage, so that the size is the theorem's n)."""
+    fields = {f.name for f in settings_fields(method)}
+    opts = {"max_params": s.max_params} if s is not None and "max_params" in fields else {}
+    if "coverage" in fields:
+        opts["coverage"] = False
     return get(method, **opts).configure(target, eps)
 
 
@@ -136,12 +140,13 @@ def effective(method: str, target: MLP, size: int, seed: int, eps: float,
 
 
 def random_params(method: str, target: MLP, size: int) -> int:
-    return get(method).g_params(target, [size] * target.depth)
+    return _method(method, target, None).g_params(target, [size] * target.depth)
 
 
 def hidden_width(method: str, target: MLP, size: int) -> int:
     """Width of G's first hidden layer."""
-    return get(method).tensors(target_layers(target)[0], size)[0].shape[0]
+    m = _method(method, target, None)
+    return m.tensors(target_layers(target)[0], m.layer_sizes([size] * target.depth)[0])[0].shape[0]
 
 
 def theory_size(method: str, target: MLP, eps: float, delta: float) -> float | None:
