@@ -33,7 +33,9 @@ def _bench_target(target: Path | None, seed: int):
 
 @bench_app.command("subsetsum")
 @click.option("--workload", default="pensia-exp1", show_default=True,
-              help="Workload; only 'pensia-exp1' (the paper's).")
+              help="'pensia-exp1' (the paper's Experiment 1: shared coefficient vectors) or "
+                   "'pensia-construction' (per-instance coefficients b*a, as the real "
+                   "construction solves them, 2 instances per parameter).")
 @click.option("--target", type=click.Path(path_type=Path), default=None,
               help="Target net: a state_dict (.pt) or .safetensors file. Default: a 784-500-10 "
                    "net trained on Fashion-MNIST (cached), else a synthetic one.")
@@ -58,14 +60,15 @@ def _bench_target(target: Path | None, seed: int):
 def bench_subsetsum(workload, target, objective, eps, n, compare, compare_sample, time_limit,
                     threads, seed, json_path):
     """Time the exact SubsetSum engine on Pensia et al.'s Experiment 1 (397,000 instances,
-    n = 21) and compare with the paper's MIP on a sample of the same instances."""
+    n = 21) or on the real construction's per-instance coefficients (2 x 397,000), and compare
+    with the paper's MIP on a sample of the same instances."""
     import numba
 
-    from ..experiments.bench_subsetsum import PAPER_EXP1, compare_baselines, pensia_exp1_workload
+    from ..experiments.bench_subsetsum import PAPER_EXP1, WORKLOADS, compare_baselines
     from ..subsetsum import solve
 
-    if workload != "pensia-exp1":
-        raise SlthError(f"unknown workload {workload!r}; the only workload is 'pensia-exp1'")
+    if workload not in WORKLOADS:
+        raise SlthError(f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
     if objective not in ("error", "size"):
         raise SlthError(f"--objective must be 'error' or 'size', got {objective!r}")
     if not eps > 0:
@@ -83,10 +86,9 @@ def bench_subsetsum(workload, target, objective, eps, n, compare, compare_sample
 
     mlp, desc = _bench_target(target, seed)
     console.print(f"[bold]target[/]: {desc}")
-    wl = pensia_exp1_workload(mlp, n=n, seed=seed)
+    wl = WORKLOADS[workload](mlp, n=n, seed=seed)
     N = len(wl.targets)
-    console.print(f"[bold]workload[/]: {N:,} instances, n = {n}, coefficients "
-                  f"Uniform[{wl.low:.3f}, {wl.high:.3f}], {wl.coeffs.shape[0]:,} shared vectors")
+    console.print(f"[bold]workload[/]: {N:,} instances, n = {n}, coefficients {wl.coefficients}")
 
     # compile outside the timed region
     t0 = time.perf_counter()
@@ -134,7 +136,7 @@ def bench_subsetsum(workload, target, objective, eps, n, compare, compare_sample
                     progress=lambda k: bar.update(task, completed=k), time_limit=time_limit)
     result["peak_rss_mb"] = peak_rss_mb()
 
-    table = Table(title=f"SubsetSum, pensia-exp1 ({N:,} instances, n = {n}, objective {objective})")
+    table = Table(title=f"SubsetSum, {workload} ({N:,} instances, n = {n}, objective {objective})")
     for col in ("solver", "per instance", "mean |err|", "max |err|", "kept / instance",
                 "speed-up", "worse than ours", "better than ours"):
         table.add_column(col, justify="right")

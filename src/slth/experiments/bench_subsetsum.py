@@ -1,10 +1,16 @@
-"""Benchmark of the SubsetSum engine on Pensia et al.'s Experiment 1 workload.
+"""Benchmark of the SubsetSum engine on Pensia et al.'s workloads.
 
-Workload ``pensia-exp1`` (as in the authors' code): every parameter of a 784-500-10 ReLU net is a
-target; coefficients are drawn Uniform[low, high] with low = min(0, min W) and high =
-max(0, max W) over all parameters; n = 21 coefficients; one coefficient vector per weight-matrix
-row, reused along the row (a bias entry gets its own vector). The MIP baselines solve a seeded
-random sample of the *same* instances in the same run.
+Workload ``pensia-exp1`` (Experiment 1, as in the authors' code): every parameter of a 784-500-10
+ReLU net is a target; coefficients are drawn Uniform[low, high] with low = min(0, min W) and
+high = max(0, max W) over all parameters; n = 21 coefficients; one coefficient vector per
+weight-matrix row, reused along the row (a bias entry gets its own vector).
+
+Workload ``pensia-construction`` (what the real network construction solves): every parameter is
+a target twice (w and -w, the two halves of the ReLU pair), each with its own n coefficients
+b * a, b ~ Uniform[-1, 1] per weight and a ~ Uniform(0, 1] per input column, both drawn in
+float32 and multiplied in float64 - the construction's distribution, with its own seeded draws.
+
+The MIP baselines solve a seeded random sample of the *same* instances in the same run.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class Workload:
     targets: np.ndarray
     low: float
     high: float
+    coefficients: str = ""
 
     @property
     def n(self) -> int:
@@ -68,7 +75,33 @@ def pensia_exp1_workload(mlp: MLP, n: int = 21, seed: int = 0) -> Workload:
     rng = np.random.default_rng(seed)
     coeffs = rng.uniform(low, high, size=(g0, n))
     return Workload(coeffs, np.concatenate(groups).astype(np.int64),
-                    np.concatenate(targets).astype(np.float64), low, high)
+                    np.concatenate(targets).astype(np.float64), low, high,
+                    f"Uniform[{low:.3f}, {high:.3f}], {g0:,} shared vectors")
+
+
+def pensia_construction_workload(mlp: MLP, n: int = 21, seed: int = 0) -> Workload:
+    """Targets = every parameter of ``mlp``, then their negatives; each with its own n
+    coefficients b * a (b per weight, a per input column and block position; float32 draws)."""
+    rng = np.random.default_rng(seed)
+    coeffs, targets = [], []
+    for half in (1.0, -1.0):
+        for w, b in zip(mlp.weights, mlp.biases):
+            for p in ([w] if b is None else [w, b.reshape(-1, 1)]):
+                p = np.asarray(p, np.float64)
+                rows, cols = p.shape
+                a = (1.0 - rng.random((n, cols), dtype=np.float32)).astype(np.float64)
+                bb = rng.uniform(-1, 1, (rows, cols, n)).astype(np.float32).astype(np.float64)
+                coeffs.append((bb * a.T[None, :, :]).reshape(-1, n))
+                targets.append(half * p.ravel())
+    coeffs = np.concatenate(coeffs)
+    N = coeffs.shape[0]
+    return Workload(coeffs, np.arange(N, dtype=np.int64), np.concatenate(targets), -1.0, 1.0,
+                    "b * a with b ~ Uniform[-1, 1], a ~ Uniform(0, 1] (float32), one vector "
+                    "per instance")
+
+
+WORKLOADS = {"pensia-exp1": pensia_exp1_workload,
+             "pensia-construction": pensia_construction_workload}
 
 
 def compare_baselines(wl: Workload, ours, sample_idx: np.ndarray, backend: str, objective: str,

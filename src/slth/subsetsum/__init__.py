@@ -108,8 +108,9 @@ def _validate(coeffs, targets, objective, eps, solver, groups):
 
 
 def _unpack(masks: np.ndarray, n: int) -> np.ndarray:
-    bits = (masks[:, None] >> np.arange(n, dtype=np.uint64)[None, :]) & np.uint64(1)
-    return bits.astype(bool)
+    """bool [N, n]: bit i of masks[k] in column i."""
+    b = np.ascontiguousarray(masks, dtype="<u8").view(np.uint8).reshape(-1, 8)
+    return np.unpackbits(b, axis=1, bitorder="little")[:, :n].astype(bool)
 
 
 def solve(coeffs, targets, *, objective: str = "error", eps: float | None = None,
@@ -149,7 +150,11 @@ def solve(coeffs, targets, *, objective: str = "error", eps: float | None = None
 
 
 def _solve_exact(coeffs2, group, targets, objective, eps, threads, batch_size, memory_mb,
-                 progress):
+                 progress, shared=None, mode=0):
+    """shared / mode pick the path (tests only; answers never depend on them): shared tables
+    (default when instances reuse vectors, N >= 2G) or tables per instance; mode 0 chooses,
+    1 forces per-target queries on sorted tables, 2 the walk (shared) / bucketed B (per instance).
+    """
     import numba
 
     from . import _kernel as K
@@ -164,41 +169,49 @@ def _solve_exact(coeffs2, group, targets, objective, eps, threads, batch_size, m
     if N == 0:
         return out_mask, out_sum, out_err, out_feas
     prev_threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(threads or numba.config.NUMBA_NUM_THREADS,
-                                      numba.config.NUMBA_NUM_THREADS)))
+    nth = max(1, min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(nth)
     try:
         G = coeffs2.shape[0]
         n1 = n // 2
         n2 = n - n1
         # Shared tables pay off when instances reuse coefficient vectors.
-        if N >= 2 * G:
+        if shared or (shared is None and N >= 2 * G):
             order = np.argsort(group, kind="stable")
             g_sorted = group[order]
             bounds = np.flatnonzero(np.diff(g_sorted)) + 1
             starts = np.concatenate([[0], bounds])
             ends = np.concatenate([bounds, [N]])
-            per_group_bytes = ((1 << n1) + (1 << n2)) * 12 + (2 << n2) * 4 + 64
-            groups_per_batch = max(1, int(memory_mb * 2**20 // per_group_bytes))
-            done = 0
-            for b0 in range(0, len(starts), groups_per_batch):
-                gs = slice(b0, min(len(starts), b0 + groups_per_batch))
-                ids = g_sorted[starts[gs]]
-                idx = order[starts[gs][0]:ends[gs][-1]]
-                slot = np.repeat(np.arange(len(ids)), ends[gs] - starts[gs])
-                tabs = _alloc_tables(len(ids), n1, n2)
-                K.build_tables(coeffs2, ids, by_size, *tabs)
-                m, s, e, f = (np.empty(len(idx), out_mask.dtype), np.empty(len(idx)),
-                              np.empty(len(idx)), np.empty(len(idx), np.bool_))
-                K.scan_tables(slot, targets[idx], n, by_size, eps_k, 256, *tabs, m, s, e, f)
-                out_mask[idx], out_sum[idx], out_err[idx], out_feas[idx] = m, s, e, f
-                done += len(idx)
-                if progress:
-                    progress(done)
+            if by_size:
+                _shared_size(coeffs2, targets, order, g_sorted, starts, ends, n, eps_k,
+                             memory_mb, progress, out_mask, out_sum, out_err, out_feas)
+            else:
+                # segments of at most SEG_MAX instances of one vector, one table build each
+                nseg = (ends - starts + K.SEG_MAX - 1) // K.SEG_MAX
+                offs = np.arange(nseg.sum()) - np.repeat(np.cumsum(nseg) - nseg, nseg)
+                seg_s = np.repeat(starts, nseg) + offs * K.SEG_MAX
+                seg_e = np.minimum(seg_s + K.SEG_MAX, np.repeat(ends, nseg))
+                ids = g_sorted[seg_s]
+                b0 = 0
+                while b0 < len(seg_s):
+                    # a batch: segments until batch_size instances (progress after each)
+                    b1 = int(np.searchsorted(seg_e, seg_s[b0] + batch_size, side="left")) + 1
+                    b1 = min(max(b1, b0 + 1), len(seg_s))
+                    bstarts = np.append(seg_s[b0:b1], seg_e[b1 - 1])
+                    K.solve_groups_error(coeffs2, ids[b0:b1], bstarts, order, targets, eps_k, nth,
+                                         mode, out_mask, out_sum, out_err, out_feas)
+                    b0 = b1
+                    if progress:
+                        progress(int(seg_e[b1 - 1]))
         else:
             for b0 in range(0, N, batch_size):
                 sl = slice(b0, min(N, b0 + batch_size))
-                K.solve_each(coeffs2, group[sl], targets[sl], by_size, eps_k, 64,
-                             out_mask[sl], out_sum[sl], out_err[sl], out_feas[sl])
+                if by_size:
+                    K.solve_each_size(coeffs2, group[sl], targets[sl], eps_k, 64,
+                                      out_mask[sl], out_sum[sl], out_err[sl], out_feas[sl])
+                else:
+                    K.solve_each_error(coeffs2, group[sl], targets[sl], eps_k, 64, mode,
+                                       out_mask[sl], out_sum[sl], out_err[sl], out_feas[sl])
                 if progress:
                     progress(sl.stop)
     finally:
@@ -206,14 +219,34 @@ def _solve_exact(coeffs2, group, targets, objective, eps, threads, batch_size, m
     return out_mask, out_sum, out_err, out_feas
 
 
-def _alloc_tables(G, n1, n2):
-    """Slots for G groups: SA, KA, CAS, CAC, SB, KB, NB, CBS, CBC, LOOK, PRM (see _kernel)."""
-    return [np.empty((G, 1 << n1), np.float64), np.empty((G, 1 << n1), np.uint32),
-            np.zeros((G, n1 + 2), np.int64), np.zeros((G, n1 + 1), np.int64),
-            np.empty((G, 1 << n2), np.float64), np.empty((G, 1 << n2), np.uint32),
-            np.zeros(G, np.int64),
-            np.zeros((G, n2 + 2), np.int64), np.zeros((G, n2 + 1), np.int64),
-            np.empty((G, (2 << n2) + 1), np.int32), np.zeros((G, 2), np.float64)]
+def _shared_size(coeffs2, targets, order, g_sorted, starts, ends, n, eps_k, memory_mb, progress,
+                 out_mask, out_sum, out_err, out_feas):
+    """Size objective, shared vectors: tables for a batch of vectors, then their instances."""
+    from . import _kernel as K
+
+    n1 = n // 2
+    n2 = n - n1
+    per_group_bytes = ((1 << n1) + (1 << n2)) * 12 + 64
+    groups_per_batch = max(1, int(memory_mb * 2**20 // per_group_bytes))
+    done = 0
+    for b0 in range(0, len(starts), groups_per_batch):
+        gs = slice(b0, min(len(starts), b0 + groups_per_batch))
+        ids = g_sorted[starts[gs]]
+        idx = order[starts[gs][0]:ends[gs][-1]]
+        slot = np.repeat(np.arange(len(ids)), ends[gs] - starts[gs])
+        G = len(ids)
+        tabs = [np.empty((G, 1 << n1), np.float64), np.empty((G, 1 << n1), np.uint32),
+                np.zeros((G, n1 + 2), np.int64), np.zeros((G, n1 + 1), np.int64),
+                np.empty((G, 1 << n2), np.float64), np.empty((G, 1 << n2), np.uint32),
+                np.zeros((G, n2 + 2), np.int64), np.zeros((G, n2 + 1), np.int64)]
+        K.build_size_tables(coeffs2, ids, *tabs)
+        m, s, e, f = (np.empty(len(idx), np.uint64), np.empty(len(idx)), np.empty(len(idx)),
+                      np.empty(len(idx), np.bool_))
+        K.scan_size_tables(slot, targets[idx], n, eps_k, 256, *tabs, m, s, e, f)
+        out_mask[idx], out_sum[idx], out_err[idx], out_feas[idx] = m, s, e, f
+        done += len(idx)
+        if progress:
+            progress(done)
 
 
 def default_threads() -> int:
