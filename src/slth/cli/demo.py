@@ -67,6 +67,12 @@ def _print_summary(sm: dict) -> None:
                f"(1/eps)^{fp['p']:.2f}, R² {fp['r2']:.3f}" if fp else "-")
         tab.add_row(m, " ".join("-" if k is None else str(k) for k in r["size"]), fit)
     console.print(tab)
+    c = sm["cnn"]
+    console.print(f"CNN on digits ({c['params']:,} weights, accuracy {c['accuracy']:.2%}): "
+                  f"ticket in a random CNN of {c['random_params']:,} weights, density "
+                  f"{c['density']:.2%}, certified bound {c['certified_bound']:.3g} (box), largest "
+                  f"error found {c['max_error_found']:.3g}, ticket accuracy "
+                  f"{c['ticket_accuracy']:.2%}, agreement {c['agreement']:.2%}")
     tab = Table(title=f"edge-popup on FC2 ({sm['settings']['search_epochs']} epochs): best per structure")
     for c in ("structure", "best accuracy", "at density", "dense trained"):
         tab.add_column(c, justify="right")

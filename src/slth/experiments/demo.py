@@ -8,11 +8,14 @@ Steps (each a call into the library; the demo adds no method of its own):
    sizes, densities, certified bound next to the largest error found;
 3. a small width-vs-eps study on a random 8-8-8 target within the theorems' assumptions
    (``experiments.width``), the theory's sizes beside the measured ones;
-4. a short edge-popup sweep on FC2 (``experiments.exp2``): accuracy against density for Pensia's
+4. a convolutional target: a small CNN trained on digits and its Pensia ticket (G a random
+   CNN: 1x1 "widen" convolutions and "combine" convolutions with the target's geometry),
+   certified on the box like the MLPs;
+5. a short edge-popup sweep on FC2 (``experiments.exp2``): accuracy against density for Pensia's
    redundant structures, the wide random net and the dense trained baseline;
-5. a planted-ticket check (``experiments.plant``, mse loss): edge-popup on the G of the Pensia
+6. a planted-ticket check (``experiments.plant``, mse loss): edge-popup on the G of the Pensia
    ticket, fitting the target's outputs, and how much of the planted mask it recovers;
-6. ``report.html`` (self-contained: inline CSS, PNGs as base64) and ``summary.json``.
+7. ``report.html`` (self-contained: inline CSS, PNGs as base64) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class DemoSettings:
     search_epochs: int = 5
     search_densities: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5])
     plant_epochs: int = 10
+    cnn_epochs: int = 10
+    cnn_eps: float = 0.05
     workers: int = 2
 
     @classmethod
@@ -56,11 +61,12 @@ class DemoSettings:
         """A smaller demo (about a third of the time) for tests and slow machines."""
         return cls(seed=seed, epochs=15, methods=["pensia", "orseau", "malach"],
                    width_eps=[1e-1, 10 ** -1.5, 1e-2, 10 ** -2.5], width_seeds=2,
-                   search_epochs=3, search_densities=[0.05, 0.25, 0.5], plant_epochs=3, workers=1)
+                   search_epochs=3, search_densities=[0.05, 0.25, 0.5], plant_epochs=3,
+                   cnn_epochs=4, workers=1)
 
 
-STEPS = ("training the target", "constructions", "width vs eps", "edge-popup search",
-         "planted ticket", "report")
+STEPS = ("training the target", "constructions", "width vs eps", "convolutional target",
+         "edge-popup search", "planted ticket", "report")
 
 
 def run(out: Path, s: DemoSettings, progress=None) -> dict:
@@ -106,22 +112,27 @@ def run(out: Path, s: DemoSettings, progress=None) -> dict:
     W.plot({**wres, "d": {}, "depth": {}}, out)  # no width/depth sweeps here
     secs["width"] = time.perf_counter() - t0
 
-    # 4. edge-popup on FC2: redundant vs wide vs dense trained
+    # 4. a convolutional target and its ticket
+    t0 = time.perf_counter()
+    cnn = cnn_ticket(data, s, out, progress=lambda msg: say(3, msg))
+    secs["cnn"] = time.perf_counter() - t0
+
+    # 5. edge-popup on FC2: redundant vs wide vs dense trained
     t0 = time.perf_counter()
     st = E2.Exp2Settings(data="digits", epochs=s.search_epochs, seed=s.seed)
     sres = E2.sweep(data, st, ["fc2"], s.search_densities, out / "search",
-                    progress=lambda key, i, n, k, m: say(3, f"{key} ({i + 1}/{n})"))
+                    progress=lambda key, i, n, k, m: say(4, f"{key} ({i + 1}/{n})"))
     secs["search"] = time.perf_counter() - t0
 
-    # 5. planted ticket: search the Pensia ticket's own G
+    # 6. planted ticket: search the Pensia ticket's own G
     t0 = time.perf_counter()
     grid = sorted({min(1.0, round(f * ticket.density, 6)) for f in (0.5, 1, 2)})
     pres = plant(ticket, target, data, grid, [s.plant_epochs], seed=s.seed, loss="mse",
                  certified_bound=kept["report"]["certified_bound"],
-                 progress=lambda msg, i, n: say(4, f"planted: {msg}"))
+                 progress=lambda msg, i, n: say(5, f"planted: {msg}"))
     secs["plant"] = time.perf_counter() - t0
 
-    say(5, STEPS[5])
+    say(6, STEPS[6])
     summary = {
         "settings": asdict(s),
         "target": {"dims": target.dims, "params": target.n_params, "accuracy": acc,
@@ -133,6 +144,7 @@ def run(out: Path, s: DemoSettings, progress=None) -> dict:
                   "methods": {m: {"eps": r["eps"], "size": r["size"], "theory_size": r["theory_size"],
                                   "fit_log": r["fit"]["log"], "fit_power": r["fit"]["power"]}
                               for m, r in wres["eps"]["assumption"].items()}},
+        "cnn": cnn,
         "search": sres["summary"],
         "search_runs": [{k: r[k] for k in ("structure", "density", "remaining_params", "accuracy")}
                         for r in sres["runs"].values()],
@@ -147,6 +159,33 @@ def run(out: Path, s: DemoSettings, progress=None) -> dict:
     html_report(summary, out).save(out / "report.html")
     write_json(out / "summary.json", summary, indent=1)
     return summary
+
+
+def cnn_ticket(data, s: DemoSettings, out: Path, progress=None) -> dict:
+    """Train the digits CNN, build its Pensia ticket at certified eps ``s.cnn_eps`` (box) and
+    measure it; the target and ticket files go to ``out``."""
+    from ..pipeline import construct
+    from ..report import evaluate
+
+    say = progress or (lambda msg: None)
+    say("training a CNN on digits")
+    cfg = TrainConfig(model="digits-cnn", epochs=s.cnn_epochs, seed=s.seed)
+    net, acc = train_target(data, cfg, progress=lambda e, loss: say(f"CNN epoch {e}/{s.cnn_epochs}"))
+    net.save(out / "cnn-target.safetensors")
+    t0 = time.perf_counter()
+    con = construct(net, "pensia", eps=s.cnn_eps, domain=Domain("box"), seed=s.seed,
+                    progress=lambda msg: say(f"CNN ticket: {msg}"))
+    rep = evaluate(net, con, Domain("box"), data, seed=s.seed, progress=say)
+    con.ticket.save(out / "cnn-ticket.safetensors")
+    keys = ("random_params", "active_params", "density", "overparam_factor", "certified_bound",
+            "max_error_found", "bound_tightness", "target_accuracy", "ticket_accuracy",
+            "agreement", "n_per_layer")
+    return {"layers": [{"op": n["op"], "name": n["name"], "shape": n["shape"],
+                        "params": n["params"]} for n in net.summary() if n["op"] != "input"],
+            "params": net.n_params, "accuracy": acc, "eps": s.cnn_eps,
+            "g_layers": [{"shape": list(L.shape), "density": L.n_active / max(1, L.n_params)}
+                         for L in con.ticket.layers],
+            "seconds": time.perf_counter() - t0, **{k: rep.get(k) for k in keys}}
 
 
 def _construction_row(r: dict) -> dict:
@@ -242,7 +281,26 @@ def html_report(sm: dict, out: Path) -> HtmlReport:
     rep.image(out / "eps.png", "Size (left) and G's first hidden width (right) against ε; "
                                "dotted black: Pensia's lower bound d·log2(1/ε).")
 
-    rep.heading("4. Finding tickets by training: edge-popup on FC2")
+    c = sm["cnn"]
+    rep.heading("4. A convolutional target")
+    rep.paragraph(f"The same idea on a CNN trained on the digits ({c['params']:,} weights, test "
+                  f"accuracy {c['accuracy']:.2%}): G replaces every convolution by a random 1×1 "
+                  "'widen' convolution (a block of 2n channels per input channel) and a random "
+                  "'combine' convolution with the target's kernel, stride and padding; pooling "
+                  "and flatten are copied. Each kernel entry is a SubsetSum over products of "
+                  "G's weights. The bound is certified on the box [0,1]^64 through the "
+                  "convolutions and pooling.")
+    rep.table(["target layer", "op", "output shape", "weights"],
+              [[L["name"], L["op"], "×".join(map(str, L["shape"])), L["params"]]
+               for L in c["layers"]])
+    rep.table(["certified ε", "n per layer", "random params (G)", "active params", "density",
+               "certified bound", "largest error found", "ticket accuracy", "agreement",
+               "time (s)"],
+              [[c["eps"], _size(c["n_per_layer"]), c["random_params"], c["active_params"],
+                _pct(c["density"]), c["certified_bound"], c["max_error_found"],
+                _pct(c["ticket_accuracy"]), _pct(c["agreement"]), c["seconds"]]])
+
+    rep.heading("5. Finding tickets by training: edge-popup on FC2")
     rep.paragraph(f"Edge-popup learns a score per frozen random weight and keeps the top "
                   f"fraction (the density) of each layer; {s['search_epochs']} epochs. Pensia's "
                   "redundant structures against a wide random net with as many weights, and the "
@@ -254,7 +312,7 @@ def html_report(sm: dict, out: Path) -> HtmlReport:
     rep.image(out / "search" / "fc2.png", "Test accuracy against remaining FC weights.")
 
     p = sm["plant"]
-    rep.heading("5. Does edge-popup find a ticket that is known to be there?")
+    rep.heading("6. Does edge-popup find a ticket that is known to be there?")
     rep.paragraph(f"The Pensia ticket of section 2 is planted in its G ({p['planted']['params']:,} "
                   f"weights, {p['planted']['active_params']:,} kept, density "
                   f"{p['planted']['density']:.2%}, accuracy {p['planted']['accuracy']:.2%}). "
@@ -270,6 +328,8 @@ def html_report(sm: dict, out: Path) -> HtmlReport:
     rep.heading("Time")
     rep.table(["step", "seconds"], [[k, v] for k, v in sm["seconds"].items()])
     rep.paragraph("Reproduce: slth demo --seed " + str(s["seed"]) + ". Files next to this page: "
-                  "target.safetensors, pensia-ticket.safetensors (load with "
-                  "slth.load_ticket), summary.json, compare.png, eps.png, search/.", note=True)
+                  "target.safetensors, pensia-ticket.safetensors, cnn-target.safetensors, "
+                  "cnn-ticket.safetensors (load with slth.load_ticket / "
+                  "slth.targets.load_target), summary.json, compare.png, eps.png, search/.",
+                  note=True)
     return rep
