@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ticket.effective import combine_effective
+from ._orseau_kernel import uniform_streams
 from ._common import f32, stream
 from .base import Method, Rows, TargetLayer, Tensor
 
@@ -86,29 +87,28 @@ def bias_tap(layer: TargetLayer) -> int:
 # ----------------------------------------------------------------------------- draws
 def draw_in(C: int, n: int, has_bias: bool, seed: int, layer: int, n_bias: int | None = None):
     """Raw in-weight magnitudes a [2, n, C] (Uniform(0, 1], float32-rounded) and bias-block
-    biases beta [n_bias] (or None)."""
-    a = np.stack([np.stack([f32(stream(seed, layer, IN_W, h, t, 0).uniform(0.0, 1.0, C))
-                            for t in range(n)]) if n else np.zeros((0, C)) for h in range(2)])
+    biases beta [n_bias] (or None). Stream (seed, layer, IN_W, h, t, 0) gives a[h, t]."""
+    a = np.empty((2, n, C))
+    for h in range(2):
+        uniform_streams(seed, (layer, IN_W, h), range(n), [0], C, 0.0, 1.0,
+                        out=a[h].reshape(n, 1, C))
     nb = n if n_bias is None else n_bias
-    beta = (np.array([f32(stream(seed, layer, BIAS_IN, 0, t, 0).uniform(0.0, 1.0))
-                      for t in range(nb)]) if has_bias else None)
+    beta = (uniform_streams(seed, (layer, BIAS_IN, 0), range(nb), [0], 1, 0.0, 1.0)[:, 0, 0]
+            if has_bias else None)
     return a, beta
 
 
 def draw_out(rows: range, D: int, n: int, has_bias: bool, seed: int, layer: int,
              n_bias: int | None = None):
     """Raw out-weights of the given output rows: b [2, n, len(rows), D] and bb [n_bias, len(rows)]
-    (Uniform[-1, 1], float32-rounded)."""
+    (Uniform[-1, 1], float32-rounded). Stream (seed, layer, OUT_W, h, t, k) gives b[h, t, k]."""
     b = np.empty((2, n, len(rows), D))
     for h in range(2):
-        for t in range(n):
-            for i, k in enumerate(rows):
-                b[h, t, i] = f32(stream(seed, layer, OUT_W, h, t, k).uniform(-1.0, 1.0, D))
+        uniform_streams(seed, (layer, OUT_W, h), range(n), rows, D, -1.0, 1.0, out=b[h])
     bb = None
     if has_bias:
         nb = n if n_bias is None else n_bias
-        bb = np.array([[f32(stream(seed, layer, BIAS_OUT, 0, t, k).uniform(-1.0, 1.0)) for k in rows]
-                       for t in range(nb)]).reshape(nb, len(rows))
+        bb = uniform_streams(seed, (layer, BIAS_OUT, 0), range(nb), rows, 1, -1.0, 1.0)[:, :, 0]
     return b, bb
 
 
@@ -170,10 +170,15 @@ class BlockMethod(Method):
     # ---- one chunk
     def solve(self, layer: TargetLayer, size: int, seed: int, plan=None, threads=None) -> dict:
         ns, a, beta, b, bb = self.draws(layer, size, seed, plan)
+        mask, bias_mask, err = self.masks(layer, ns, a, beta, b, bb, threads)
+        return self.state(layer, ns, a, beta, b, bb, mask, bias_mask, err, seed)
+
+    def masks(self, layer: TargetLayer, ns, a, beta, b, bb, threads=None):
+        """The mask rule over every block: (mask bool [2, rows, D, n_max], bias mask bool
+        [rows, n_bias] | None, largest |sum - target| of weights and bias [2])."""
         rows, D, g = len(layer.rows), layer.d_in, layer.group
-        n_max = a.shape[1]
         chan = np.arange(D) // g
-        mask = np.zeros((2, rows, D, n_max), bool)
+        mask = np.zeros((2, rows, D, a.shape[1]), bool)
         err = np.zeros(2)
         for h in self.halves(layer):
             target = layer.W if h == 0 else -layer.W
@@ -190,6 +195,11 @@ class BlockMethod(Method):
             coef = np.ascontiguousarray(bb.T * beta[None, :])
             bias_mask, sums = self.choose(layer, coef, layer.c, threads)
             err[1] = float(np.abs(sums - layer.c).max(initial=0.0))
+        return mask, bias_mask, err
+
+    def state(self, layer: TargetLayer, ns, a, beta, b, bb, mask, bias_mask, err, seed) -> dict:
+        """A solved chunk's state: packed masks, effective form, errors and counts."""
+        rows, g = len(layer.rows), layer.group
         Vw, Vm = combine_rows(layer, ns, b, mask, bb, bias_mask, seed)
         col, av, bv = gadget_inputs(ns, a, beta)
         eff = combine_effective(Vw.reshape(rows, len(col), g), Vm.reshape(rows, len(col), g),

@@ -42,6 +42,7 @@ from ..errors import SlthError
 from ..targets import MLP
 from ._common import f32
 from .base import Size, check, option, register
+from ._orseau_kernel import solve_rows
 from .blocks import BlockMethod
 
 PHI = (1 + math.sqrt(5)) / 2
@@ -227,6 +228,24 @@ class Orseau(BlockMethod):
     def magnitudes(self, layer):
         m = self.mags(layer.index)
         return m, m.signed
+
+    def masks(self, layer, ns, a, beta, b, bb, threads=None):
+        """The compiled greedy (``_orseau_kernel.solve_rows``, bit for bit ``golden_greedy``),
+        over all halves, rows and inputs at once, without the [rows, D, n] temporaries."""
+        n = a.shape[1]
+        if (ns != n).any() or (beta is not None and len(beta) != n):
+            return super().masks(layer, ns, a, beta, b, bb, threads)
+        chan = np.arange(layer.d_in) // layer.group
+        mask, sums, bias_mask, bsums = solve_rows(
+            layer.W, layer.c if layer.has_bias else None, a[:, :, chan], b, beta,
+            None if bb is None else bb, self.settings.scale_per_layer[layer.index],
+            self.settings.gamma)
+        err = np.zeros(2)
+        err[0] = max(float(np.abs(sums[0] - layer.W).max(initial=0.0)),
+                     float(np.abs(sums[1] + layer.W).max(initial=0.0)))
+        if bias_mask is not None:
+            err[1] = float(np.abs(bsums - layer.c).max(initial=0.0))
+        return mask, bias_mask, err
 
     def choose(self, layer, coef, target, threads=None):
         mask = golden_greedy(coef, target, self.settings.scale_per_layer[layer.index],
