@@ -62,10 +62,27 @@ def bench_subsetsum(workload, target, objective, eps, n, compare, compare_sample
     """Time the exact SubsetSum engine on Pensia et al.'s Experiment 1 (397,000 instances,
     n = 21) or on the real construction's per-instance coefficients (2 x 397,000), and compare
     with the paper's MIP on a sample of the same instances."""
-    import numba
+    from ..experiments.bench_subsetsum import WORKLOADS
 
-    from ..experiments.bench_subsetsum import PAPER_EXP1, WORKLOADS, compare_baselines
-    from ..subsetsum import solve
+    backends = _check_bench_args(workload, objective, eps, n, compare, compare_sample, threads)
+    mlp, desc = _bench_target(target, seed)
+    console.print(f"[bold]target[/]: {desc}")
+    wl = WORKLOADS[workload](mlp, n=n, seed=seed)
+    console.print(f"[bold]workload[/]: {len(wl.targets):,} instances, n = {n}, "
+                  f"coefficients {wl.coefficients}")
+    result, ours = _time_engine(wl, objective, eps, threads)
+    result.update(workload=workload, target=desc, n=n, seed=seed)
+    if backends:
+        _run_baselines(wl, ours, result, backends, compare_sample, time_limit, seed)
+    result["peak_rss_mb"] = peak_rss_mb()
+    _print_bench(result, ours)
+    if json_path:
+        write_json(json_path, result)
+        console.print(f"wrote {json_path}")
+
+
+def _check_bench_args(workload, objective, eps, n, compare, compare_sample, threads) -> list[str]:
+    from ..experiments.bench_subsetsum import WORKLOADS
 
     if workload not in WORKLOADS:
         raise SlthError(f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
@@ -83,78 +100,70 @@ def bench_subsetsum(workload, target, objective, eps, n, compare, compare_sample
         raise SlthError(f"--compare-sample must be >= 1, got {compare_sample}")
     if threads is not None and threads < 1:
         raise SlthError(f"--threads must be >= 1, got {threads}")
+    return backends
 
-    mlp, desc = _bench_target(target, seed)
-    console.print(f"[bold]target[/]: {desc}")
-    wl = WORKLOADS[workload](mlp, n=n, seed=seed)
+
+def _time_engine(wl, objective, eps, threads):
+    """Compile, then time the exact engine on the whole workload: (result dict, its answer)."""
+    import numba
+
+    from ..experiments.bench_subsetsum import PAPER_EXP1
+    from ..subsetsum import solve
+
     N = len(wl.targets)
-    console.print(f"[bold]workload[/]: {N:,} instances, n = {n}, coefficients {wl.coefficients}")
-
-    # compile outside the timed region
     t0 = time.perf_counter()
     solve(wl.coeffs[:2], wl.targets[:4], groups=np.array([0, 0, 1, 1]), objective=objective, eps=eps)
     solve(wl.coeffs[:4], wl.targets[:4], groups=np.arange(4), objective=objective, eps=eps)
     compile_s = time.perf_counter() - t0
-
     with progress_bar() as bar:
         task = bar.add_task(f"exact solver ({objective})", total=N)
         t0 = time.perf_counter()
         ours = solve(wl.coeffs, wl.targets, groups=wl.groups, objective=objective, eps=eps,
                      threads=threads, progress=lambda k: bar.update(task, completed=k))
         seconds = time.perf_counter() - t0
-    used_threads = threads or numba.config.NUMBA_NUM_THREADS
-    per_us = seconds / N * 1e6
-    result = {
-        "workload": workload,
-        "target": desc,
-        "instances": N,
-        "n": n,
-        "objective": objective,
-        "eps": eps,
-        "seconds": seconds,
-        "compile_seconds": compile_s,
-        "per_instance_us": per_us,
-        "mean_abs_error": float(ours.errors.mean()),
-        "max_abs_error": float(ours.errors.max()),
-        "coefficients_total": N * n,
-        "coefficients_kept": ours.kept,
-        "all_within_eps": bool((ours.errors <= eps).all()),
-        "infeasible": int((~ours.feasible).sum()),
-        "threads": used_threads,
-        "seed": seed,
-        "paper": PAPER_EXP1,
-        "baselines": {},
-    }
-    if backends:
-        rng = np.random.default_rng(seed + 1)
-        sample = np.sort(rng.choice(N, size=min(compare_sample, N), replace=False))
-        for b in backends:
-            with progress_bar() as bar:
-                task = bar.add_task(f"MIP baseline {b}", total=len(sample))
-                result["baselines"][b] = compare_baselines(
-                    wl, ours, sample, b, objective, eps, seconds / N,
-                    progress=lambda k: bar.update(task, completed=k), time_limit=time_limit)
-    result["peak_rss_mb"] = peak_rss_mb()
+    n = wl.coeffs.shape[-1]
+    return {"instances": N, "objective": objective, "eps": eps, "seconds": seconds,
+            "compile_seconds": compile_s, "per_instance_us": seconds / N * 1e6,
+            "mean_abs_error": float(ours.errors.mean()), "max_abs_error": float(ours.errors.max()),
+            "coefficients_total": N * n, "coefficients_kept": ours.kept,
+            "all_within_eps": bool((ours.errors <= eps).all()),
+            "infeasible": int((~ours.feasible).sum()),
+            "threads": threads or numba.config.NUMBA_NUM_THREADS, "paper": PAPER_EXP1,
+            "baselines": {}}, ours
 
-    table = Table(title=f"SubsetSum, {workload} ({N:,} instances, n = {n}, objective {objective})")
+
+def _run_baselines(wl, ours, result, backends, compare_sample, time_limit, seed):
+    from ..experiments.bench_subsetsum import compare_baselines
+
+    N = result["instances"]
+    rng = np.random.default_rng(seed + 1)
+    sample = np.sort(rng.choice(N, size=min(compare_sample, N), replace=False))
+    for b in backends:
+        with progress_bar() as bar:
+            task = bar.add_task(f"MIP baseline {b}", total=len(sample))
+            result["baselines"][b] = compare_baselines(
+                wl, ours, sample, b, result["objective"], result["eps"], result["seconds"] / N,
+                progress=lambda k: bar.update(task, completed=k), time_limit=time_limit)
+
+
+def _print_bench(result, ours):
+    N, n, p = result["instances"], result["n"], result["paper"]
+    table = Table(title=f"SubsetSum, {result['workload']} ({N:,} instances, n = {n}, "
+                        f"objective {result['objective']})")
     for col in ("solver", "per instance", "mean |err|", "max |err|", "kept / instance",
                 "speed-up", "worse than ours", "better than ours"):
         table.add_column(col, justify="right")
-    table.add_row("slth exact", f"{per_us:.2f} µs", f"{ours.errors.mean():.2e}",
+    table.add_row("slth exact", f"{result['per_instance_us']:.2f} µs", f"{ours.errors.mean():.2e}",
                   f"{ours.errors.max():.2e}", f"{ours.kept / N:.2f}", "1×", "-", "-")
-    for b, r in result["baselines"].items():
+    for r in result["baselines"].values():
         table.add_row(r["solver"], f"{r['per_instance_s']:.3f} s", f"{r['mean_abs_error']:.2e}",
                       f"{r['max_abs_error']:.2e}", f"{r['coefficients_kept_per_instance']:.2f}",
                       f"{r['speedup']:,.0f}×", str(r["worse_than_ours"]), str(r["better_than_ours"]))
-    p = PAPER_EXP1
     table.add_row("paper (Gurobi, 36 cores)", f"{p['seconds'] / p['instances']:.3f} s", "-",
                   f"≤ {p['eps']}", f"{p['coefficients_kept'] / p['instances']:.2f}", "-", "-", "-")
     console.print(table)
-    console.print(f"whole workload: {seconds:.2f} s on {used_threads} threads "
+    console.print(f"whole workload: {result['seconds']:.2f} s on {result['threads']} threads "
                   f"(paper: {p['seconds']:,} s on {p['cores']} cores); kept "
                   f"{ours.kept:,} of {N * n:,} coefficients (paper: {p['coefficients_kept']:,}); "
-                  f"all within eps={eps}: {result['all_within_eps']}; peak memory "
+                  f"all within eps={result['eps']}: {result['all_within_eps']}; peak memory "
                   f"{result['peak_rss_mb']:.0f} MiB")
-    if json_path:
-        write_json(json_path, result)
-        console.print(f"wrote {json_path}")
