@@ -531,3 +531,27 @@ def test_cli_constructs_a_ticket_for_a_digits_cnn_saved_with_its_graph(run_cli, 
     assert (folder / "ticket.safetensors").exists() and (folder / "sparsity_report.json").exists()
     head = json.loads(read_header(folder / "ticket.safetensors")["__metadata__"]["slth"])
     assert head["meta"]["target_fingerprint"] == net.fingerprint() and "graph" in head
+
+
+def test_width_study_on_a_cnn_target_file_finds_sizes_that_meet_eps(tmp_path):
+    from slth.certify import bound_details
+    from slth.experiments import width as W
+
+    net = make_target("conv-maxpool-linear")
+    path = tmp_path / "cnn.safetensors"
+    net.save(path)
+    s = W.Settings(methods=["pensia", "malach"], eps_grid=[0.5, 0.1], seeds=1, pensia_seeds=1,
+                   trained=False, target=str(path), dims=[4, 4], sweep_d=[4], sweep_depth=[1],
+                   workers=1)
+    res = W.run(s)
+    got = res["eps"]["file"]
+    assert res["targets"]["file"]["params"] == net.n_params
+    assert got["malach"]["size"] == [None, None]          # malach refuses convolutions
+    sizes = got["pensia"]["size"]
+    assert all(k is not None for k in sizes) and sizes[0] <= sizes[1]
+    for eps, k in zip(got["pensia"]["eps"], sizes):       # the size found meets eps, k - 1 not
+        bound = bound_details(net, W.effective("pensia", net, k, 0, eps), Domain("box"))
+        assert bound["certified_bound"] <= eps
+        if k > 1:
+            below = bound_details(net, W.effective("pensia", net, k - 1, 0, eps), Domain("box"))
+            assert below["certified_bound"] > eps

@@ -200,7 +200,7 @@ def search_sizes(solver: Solver, target, eps: float, domain: Domain,
                  log: list | None = None) -> list[int]:
     """Per layer, the smallest size whose certified bound on ``domain`` is <= eps: the smallest
     uniform size (predicted from the bound's distance to eps, then bracketed), then each layer
-    lowered on its own, largest layers first. Errors shrink as a size grows (every method draws
+    lowered on its own, largest layers first (one size below first, then bisection). Errors shrink as a size grows (every method draws
     G so that a smaller G is a prefix of a larger one); ``method.size.growth`` says how:
     ``"log"`` (about one bit per unit: step by log2(bound / eps)) or ``"power"`` (error ~ 1/size:
     scale by bound / eps). Every (layer, size) is solved at most once (``Solver``)."""
@@ -251,8 +251,12 @@ def search_sizes(solver: Solver, target, eps: float, domain: Domain,
     order = sorted(range(L), key=lambda i: -solver.layers[i].W.size)
     for i in order:                   # largest layers first: where a smaller size saves most
         hi_i, bad_i = ns[i], lo - 1
+        first = True
         while hi_i - bad_i > 1:
-            mid = hi_i - 1 if log_growth else (hi_i + bad_i) // 2
+            # one below first: where it fails (often, for the layers that set the bound) the
+            # layer is done after one try instead of a bisection from the bottom
+            mid = hi_i - 1 if log_growth or first else (hi_i + bad_i) // 2
+            first = False
             trial = list(ns)
             trial[i] = mid
             if ok(trial):

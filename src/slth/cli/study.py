@@ -33,6 +33,9 @@ def _fmt(v, spec=".3g"):
               help="Widths of the random target (a) within the theorems' assumptions.")
 @click.option("--trained/--no-trained", default=True, show_default=True,
               help="Also the 64-16-10 net trained on digits (b).")
+@click.option("--target", "target_file", type=click.Path(dir_okay=False), default=None,
+              help="Also this target file (MLP, CNN or ResNet: .safetensors or .pt2), on the "
+                   "box [0,1]; methods that refuse it get no size.")
 @click.option("--sweep-eps", type=float, default=0.01, show_default=True,
               help="eps of the sweeps over target width d and depth l.")
 @click.option("--sweep-d", default="4,8,16,32", show_default=True, help="Target widths d (depth 2).")
@@ -42,7 +45,7 @@ def _fmt(v, spec=".3g"):
               help="malach: largest G tried (its size grows like 1/eps).")
 @click.option("--workers", type=int, default=2, show_default=True, help="Processes.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-def width_cmd(methods, eps_grid, seeds, pensia_seeds, delta, dims, trained, sweep_eps, sweep_d, sweep_depth,
+def width_cmd(methods, eps_grid, seeds, pensia_seeds, delta, dims, trained, target_file, sweep_eps, sweep_d, sweep_depth,
               max_params, workers, out):
     """How large must G be? For each method and eps, the smallest size that meets eps (certified)
     w.p. >= 1 - delta over seeds, beside the theorems; then against target width and depth.
@@ -51,6 +54,7 @@ def width_cmd(methods, eps_grid, seeds, pensia_seeds, delta, dims, trained, swee
 
     s = W.Settings(methods=[m.strip() for m in methods.split(",") if m.strip()], seeds=seeds,
                    pensia_seeds=pensia_seeds, delta=delta, dims=parse_int_list(dims, "--dims"), trained=trained,
+                   target=target_file,
                    sweep_eps=sweep_eps, sweep_d=parse_int_list(sweep_d, "--sweep-d"),
                    sweep_depth=parse_int_list(sweep_depth, "--sweep-depth"),
                    max_params=max_params, workers=workers)

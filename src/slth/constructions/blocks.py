@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ticket.effective import combine_effective
-from ._orseau_kernel import uniform_streams
+from ._orseau_kernel import map_inplace, uniform_streams
 from ._common import f32, stream
 from .base import Method, Rows, TargetLayer, Tensor
 
@@ -161,8 +161,8 @@ class BlockMethod(Method):
         b, bb = draw_out(rows, layer.d_in, n_max, layer.has_bias, seed, layer.index, nb)
         maps = self.magnitudes(layer)
         if maps is not None:
-            mag, signed = maps
-            a, b = mag(a), signed(b)
+            mag, signed = maps   # elementwise: mapped in cache-sized pieces on all threads
+            a, b = map_inplace(mag, a), map_inplace(signed, b)
             if beta is not None:
                 beta, bb = mag(beta), signed(bb)
         return ns, a, beta, b, bb

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -42,7 +43,7 @@ from ..constructions import get, names, pensia, settings_fields
 from ..constructions.base import target_layers
 from ..errors import SlthError
 from ..pipeline import effective_at, smallest
-from ..targets import MLP
+from ..targets import MLP, load_target
 
 METHODS = ("pensia", "orseau", "orseau-uniform", "malach")
 
@@ -58,6 +59,7 @@ class Settings:
     delta: float = 0.1
     dims: list[int] = field(default_factory=lambda: [8, 8, 8])
     trained: bool = True
+    target: str | None = None     # a target file (any network slth reads, e.g. a CNN), box domain
     sweep_eps: float = 0.01
     sweep_d: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     sweep_depth: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
@@ -151,7 +153,10 @@ def hidden_width(method: str, target: MLP, size: int) -> int:
 
 def theory_size(method: str, target: MLP, eps: float, delta: float) -> float | None:
     """The theorem's size (largest over layers), or None where it has none."""
-    m = _method(method, target, eps)
+    try:
+        m = _method(method, target, eps)
+    except SlthError:   # the method refuses this target
+        return None
     if "delta" in {f.name for f in settings_fields(method)}:
         m = get(method, delta=delta).configure(target, eps)
     ns = m.theory(target, eps).get("theory_" + m.size.key)
@@ -203,7 +208,11 @@ def sizes_over_eps(method: str, target: MLP, domain: Domain, eps_grid: list[floa
 def _task(args):
     method, target, domain, eps_grid, seed, s = args
     t0 = time.perf_counter()
-    return sizes_over_eps(method, target, domain, eps_grid, seed, s), time.perf_counter() - t0
+    try:
+        sizes = sizes_over_eps(method, target, domain, eps_grid, seed, s)
+    except SlthError:   # a method that refuses this target (malach on a convolution)
+        sizes = [None] * len(eps_grid)
+    return sizes, time.perf_counter() - t0
 
 
 def quantile(sizes: list[int | None], delta: float) -> int | None:
@@ -256,6 +265,10 @@ def run(s: Settings, progress=None) -> dict:
     if s.trained:
         mlp, desc = digits_target(s.target_seed)
         targets["digits"] = (mlp, Domain("box"), desc + "; box [0,1]^64")
+    if s.target:
+        net = load_target(s.target)
+        targets["file"] = (net, Domain("box"), f"{Path(s.target).name}: {net.depth} layers, "
+                                               f"{net.n_params:,} weights; box [0,1]^{net.in_dim}")
     sweeps = {"d": [(d, assumption_target([d, d, d], s.target_seed)) for d in s.sweep_d],
               "depth": [(l, assumption_target([s.dims[0]] * (l + 1), s.target_seed))
                         for l in s.sweep_depth]}
@@ -290,7 +303,7 @@ def run(s: Settings, progress=None) -> dict:
 
     out = {"settings": asdict(s), "targets": {}, "eps": {}, "d": {}, "depth": {}}
     for name, (mlp, dom, desc) in targets.items():
-        out["targets"][name] = {"dims": mlp.dims, "domain": dom.as_dict(), "description": desc,
+        out["targets"][name] = {"dims": getattr(mlp, "dims", None), "domain": dom.as_dict(), "description": desc,
                                 "params": mlp.n_params}
         out["eps"][name] = {}
         for m in s.methods:
