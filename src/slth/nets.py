@@ -418,15 +418,6 @@ class Net:
     def has_bias(self) -> bool:
         return any(self.nodes[i].bias is not None for i in self.affine)
 
-    @property
-    def consumers(self) -> list[list[int]]:
-        """consumers[i]: the nodes that read node i."""
-        out: list[list[int]] = [[] for _ in self.nodes]
-        for i, nd in enumerate(self.nodes):
-            for j in dict.fromkeys(nd.inputs):
-                out[j].append(i)
-        return out
-
     def __repr__(self) -> str:
         ops = {}
         for n in self.nodes[1:]:

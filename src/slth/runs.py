@@ -46,7 +46,7 @@ import numpy as np
 from .distributed import n_workers, pool_for, probe
 from .errors import SlthError
 from .jsonio import jsonable, write_json
-from .pipeline import CHUNK_WEIGHTS, Chunk, layer_shapes, plan_chunks, rows_per_chunk
+from .pipeline import CHUNK_WEIGHTS, Chunk, layer_shapes, plan_chunks, rows_per_chunk  # noqa: F401 (re-exported)
 from .targets import load_target
 
 LITERAL_ROWS = 4096      # rows of one tensor of G per literal-check task

@@ -159,11 +159,6 @@ class MLP:
     def name(self) -> str:
         return "-".join(map(str, self.dims))
 
-    @property
-    def consumers(self) -> list[list[int]]:
-        n = 2 * self.depth
-        return [[i + 1] for i in range(n - 1)] + [[]]
-
     def as_net(self):
         """This MLP as a :class:`slth.nets.Net` (same nodes; note: Net.fingerprint differs from
         MLP.fingerprint, which covers the weights only)."""

@@ -82,10 +82,6 @@ def parse_int_list(text: str, what: str) -> list[int]:
     return vals
 
 
-def stderr_line(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def data_options(f):
     f = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                      help="Folder with the IDX files (fashion-mnist defaults to "

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-
-from pathlib import Path
-
-import click
 from rich.table import Table
 
 from . import app

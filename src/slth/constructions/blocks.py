@@ -285,7 +285,7 @@ def combine_rows(layer: TargetLayer, ns: np.ndarray, b: np.ndarray, mask: np.nda
     """G's combine rows for the chunk's outputs: weights float32 [rows, m, group] and the mask
     bool [rows, m, group], from out-weights b [2, n_max, rows, D], chosen links mask
     [2, rows, D, n_max] (and bb [n, rows], bias_mask [rows, n])."""
-    rows, D, g, C = b.shape[2], layer.d_in, layer.group, layer.channels
+    rows, g, C = b.shape[2], layer.group, layer.channels
     off = offsets(ns)
     n_bias = 0 if bb is None else bb.shape[0]
     m = int(off[-1]) + n_bias

@@ -13,7 +13,6 @@ and ``"mip-gurobi"`` are the Pensia et al. Experiment 1 MIP, kept as baselines.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -133,7 +132,7 @@ def solve(coeffs, targets, *, objective: str = "error", eps: float | None = None
     time_limit: seconds per instance for the MIP solvers.
     """
     coeffs2, targets, group, eps = _validate(coeffs, targets, objective, eps, solver, groups)
-    N, n = targets.shape[0], coeffs2.shape[1]
+    n = coeffs2.shape[1]
     if solver == "bruteforce":
         from ._reference import bruteforce
         masks, sums, errs, feas = bruteforce(coeffs2, group, targets, objective, eps)
@@ -173,8 +172,6 @@ def _solve_exact(coeffs2, group, targets, objective, eps, threads, batch_size, m
     numba.set_num_threads(nth)
     try:
         G = coeffs2.shape[0]
-        n1 = n // 2
-        n2 = n - n1
         # Shared tables pay off when instances reuse coefficient vectors.
         if shared or (shared is None and N >= 2 * G):
             order = np.argsort(group, kind="stable")
@@ -249,7 +246,3 @@ def _shared_size(coeffs2, targets, order, g_sorted, starts, ends, n, eps_k, memo
             progress(done)
 
 
-def default_threads() -> int:
-    """Threads the exact solver uses by default (numba's thread count)."""
-    import numba
-    return int(os.environ.get("NUMBA_NUM_THREADS", numba.config.NUMBA_NUM_THREADS))
