@@ -197,15 +197,17 @@ class Solver:
 
 # ----------------------------------------------------------------------------- sizes
 def search_sizes(solver: Solver, target, eps: float, domain: Domain,
-                 log: list | None = None) -> list[int]:
+                 log: list | None = None, max_size: int | None = None) -> list[int]:
     """Per layer, the smallest size whose certified bound on ``domain`` is <= eps: the smallest
     uniform size (predicted from the bound's distance to eps, then bracketed), then each layer
     lowered on its own, largest layers first (one size below first, then bisection). Errors shrink as a size grows (every method draws
     G so that a smaller G is a prefix of a larger one); ``method.size.growth`` says how:
     ``"log"`` (about one bit per unit: step by log2(bound / eps)) or ``"power"`` (error ~ 1/size:
-    scale by bound / eps). Every (layer, size) is solved at most once (``Solver``)."""
+    scale by bound / eps). Every (layer, size) is solved at most once (``Solver``).
+    ``max_size``: a lower ceiling than the method's (studies bound their time with it)."""
     method, L = solver.method, target.depth
     lo, hi = method.size_range(target)
+    hi = hi if max_size is None else max(lo, min(hi, max_size))
     log = [] if log is None else log
 
     def bound(ns) -> float:
@@ -429,24 +431,26 @@ class Built:
     stats: dict = field(default_factory=dict)
 
 
-def resolve_sizes(solver: Solver, target, n, eps, domain: Domain, search_log: list) -> list[int]:
+def resolve_sizes(solver: Solver, target, n, eps, domain: Domain, search_log: list,
+                  max_size: int | None = None) -> list[int]:
     """The sizes to build: ``n`` checked, or for ``eps`` the method's own sizing or the search."""
     method = solver.method
     if n is not None:
         return method.check_sizes(target, n)
     fixed = method.sizes_for(target, eps)
     return list(fixed) if fixed is not None else search_sizes(solver, target, eps, domain,
-                                                               search_log)
+                                                               search_log, max_size)
 
 
 def build(target, method: Method, *, n=None, eps: float | None = None, seed: int = 0,
           domain: Domain | None = None, pool: Pool | None = None, sink_of: Callable | None = None,
           store=None, chunk_rows: list[int] | None = None, chunk_weights: int = CHUNK_WEIGHTS,
           threads: int | None = None, log=None, say=None, meta: dict | None = None,
-          then: Callable | None = None) -> Built:
+          then: Callable | None = None, max_size: int | None = None) -> Built:
     """Build ``method``'s ticket for ``target``: sizes (``n`` or the ``eps`` search), G written into
     ``sink_of(specs, meta)`` (default: a ``MemoryTicket``), the effective form certified on
-    ``domain``. ``then(sink, built)`` runs before the sink is closed (e.g. the report)."""
+    ``domain``. ``then(sink, built)`` runs before the sink is closed (e.g. the report).
+    ``max_size``: the eps search's ceiling, below the method's own (studies)."""
     t0 = time.perf_counter()
     if (n is None) == (eps is None):
         raise SlthError(f"give exactly one of --n ({method.size.meaning}) or --eps (target "
@@ -461,7 +465,7 @@ def build(target, method: Method, *, n=None, eps: float | None = None, seed: int
     solver = Solver(method, layers, seed, pool, rows, store, log, say, threads,
                     named=eps is not None)
     search: list = []
-    sizes = resolve_sizes(solver, target, n, eps, domain, search)
+    sizes = resolve_sizes(solver, target, n, eps, domain, search, max_size)
     keys = method.layer_sizes(sizes)
     solve_s = time.perf_counter() - t0
     plans = [solver.plan(i, k) for i, k in enumerate(keys)]
@@ -495,7 +499,7 @@ def build(target, method: Method, *, n=None, eps: float | None = None, seed: int
 
 def construct(target, method: str | Method = "pensia", *, n=None, eps: float | None = None,
               domain: Domain | None = None, seed: int = 0, threads: int | None = None,
-              progress=None, **settings):
+              progress=None, max_size: int | None = None, **settings):
     """Build a ticket for ``target`` in memory with the named method (settings as keywords):
     ``n`` (size, one int or one per layer) or ``eps`` (the smallest sizes whose certified bound
     on ``domain`` is <= eps). Returns a ``Construction`` (ticket and report entries)."""
@@ -504,7 +508,8 @@ def construct(target, method: str | Method = "pensia", *, n=None, eps: float | N
 
     m = method if isinstance(method, Method) else get(method, **settings)
     say = (lambda msg, done=None, total=None: progress(msg)) if progress else None
-    built = build(target, m, n=n, eps=eps, seed=seed, domain=domain, threads=threads, say=say)
+    built = build(target, m, n=n, eps=eps, seed=seed, domain=domain, threads=threads, say=say,
+                  max_size=max_size)
     return Construction(built.sink.ticket(built.layout.names), built.info,
                         built)
 

@@ -137,10 +137,13 @@ def neurons_cmd(dims, widths, seeds, threshold, out):
               help="Width of the random targets (within the theorems' assumptions).")
 @click.option("--trained/--no-trained", default=True, show_default=True,
               help="Also ReLU nets of each depth trained on digits (hidden width 16).")
+@click.option("--max-subsetsum", type=int, default=28, show_default=True,
+              help="Largest exact SubsetSum size (pensia n, burkholz rho) the eps search tries; "
+                   "beyond it: not reached (its time doubles every 2).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Processes.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-def depth_cmd(methods, depths, eps_grid, width, trained, seed, workers, out):
+def depth_cmd(methods, depths, eps_grid, width, trained, max_subsetsum, seed, workers, out):
     """What depth costs in width: for targets of depth l = 1..6 and each eps, the depth of G,
     its random and active parameters, time and certified bound, for Pensia and Orseau (depth 2l)
     and Burkholz (depth l+1), beside the theorems. Writes OUT/depth.json and OUT/depth.png."""
@@ -149,7 +152,7 @@ def depth_cmd(methods, depths, eps_grid, width, trained, seed, workers, out):
     s = D.Settings(methods=[m.strip() for m in methods.split(",") if m.strip()],
                    depths=parse_int_list(depths, "--depths"),
                    eps_grid=parse_float_list(eps_grid, "--eps-grid"), width=width,
-                   trained=trained, seed=seed, workers=workers)
+                   trained=trained, seed=seed, workers=workers, max_subsetsum=max_subsetsum)
     s.check()
     with atomic_output_dir(out) as tmp:
         with progress_bar() as bar:
@@ -166,7 +169,8 @@ def depth_cmd(methods, depths, eps_grid, width, trained, seed, workers, out):
     for r in res["rows"]:
         if r.get("refused"):
             t.add_row(r["target"], str(r["depth"]), f"{r['eps']:g}", r["method"],
-                      "refused", *["-"] * 6)
+                      "not reached" if "not reachable" in r["refused"] else "refused",
+                      *["-"] * 6)
             continue
         t.add_row(r["target"], str(r["depth"]), f"{r['eps']:g}", r["method"], str(r["g_depth"]),
                   ",".join(map(str, r["size"])), f"{r['random_params']:,}",
