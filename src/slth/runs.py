@@ -50,6 +50,8 @@ from .pipeline import CHUNK_WEIGHTS, Chunk, layer_shapes, plan_chunks, rows_per_
 from .targets import load_target
 
 LITERAL_ROWS = 4096      # rows of one tensor of G per literal-check task
+LITERAL_BYTES = 1 << 28  # float64 weights per literal-check task
+LITERAL_BATCH_BYTES = 1 << 30  # float64 activations of the widest layer per batch of points
 
 
 @dataclass
@@ -307,29 +309,42 @@ def _build_in_folder(folder, target, m, n, eps, seed, domain, ds, rows, log, say
 
 def literal_of(sink, built, pool):
     """literal(x [N, d]) -> [N, d_out]: the masked network G run layer by layer from the ticket
-    file; each tensor's rows as tasks (groups of ``LITERAL_ROWS``) on local workers, else here."""
+    file; each tensor's rows as tasks (groups of at most ``LITERAL_ROWS`` rows and
+    ``LITERAL_BYTES`` of float64 weights) on local workers, else here; the points go through in
+    batches whose widest activation stays under ``LITERAL_BATCH_BYTES``."""
     from .tasks import PARTS, literal_task
 
     tensors = list(zip(built.layout.names, built.layout.tensors))
     if built.layout.graph is not None:     # a graph G (convolutional targets) is small: run it
         return lambda x: sink.ticket(built.layout.names).forward(np.asarray(x, np.float64))
+    widest = max(t.shape[0] for _, (_, t) in tensors)
+
+    def layer(h, j, name, t):
+        slots = {p: sink.slot(f"{name}.{p}") if f"{name}.{p}" in sink.where else None
+                 for p in PARTS}
+        step = max(1, min(LITERAL_ROWS, LITERAL_BYTES // (8 * int(np.prod(t.shape[1:])))))
+        groups = [(r, min(t.shape[0], r + step)) for r in range(0, t.shape[0], step)]
+        hx = pool.share(h) if pool.shared_fs and pool.client is not None else h
+        if pool.shared_fs:
+            parts = dict(pool.map(groups, lambda g: (literal_task, (hx, slots, *g, t.op,
+                                                                     t.attrs))))
+        else:   # the workers do not see the file: read it here
+            parts = {g: literal_task(h, slots, *g, t.op, t.attrs) for g in groups}
+        out = np.empty((len(h), t.shape[0]))
+        for (r0, r1), v in parts.items():
+            out[:, r0:r1] = v
+        return np.maximum(out, 0.0, out=out) if j < len(tensors) - 1 else out
 
     def literal(x):
-        h = np.asarray(x, np.float64)
-        for j, (name, (_, t)) in enumerate(tensors):
-            hin = np.maximum(h, 0.0) if j else h
-            slots = {p: sink.slot(f"{name}.{p}") if f"{name}.{p}" in sink.where else None
-                     for p in PARTS}
-            groups = [(r, min(t.shape[0], r + LITERAL_ROWS)) for r in range(0, t.shape[0],
-                                                                           LITERAL_ROWS)]
-            hx = pool.share(hin) if pool.shared_fs and pool.client is not None else hin
-            if pool.shared_fs:
-                parts = dict(pool.map(groups, lambda g: (literal_task, (hx, slots, *g, t.op,
-                                                                         t.attrs))))
-            else:   # the workers do not see the file: read it here
-                parts = {g: literal_task(hin, slots, *g, t.op, t.attrs) for g in groups}
-            h = np.concatenate([parts[g] for g in groups], axis=1)
-        return h
+        x = np.asarray(x, np.float64)
+        batch = max(1, LITERAL_BATCH_BYTES // (8 * widest))
+        outs = []
+        for b0 in range(0, len(x), batch):
+            h = x[b0:b0 + batch]
+            for j, (name, (_, t)) in enumerate(tensors):
+                h = layer(h, j, name, t)
+            outs.append(h)
+        return np.concatenate(outs) if outs else np.zeros((0, tensors[-1][1][1].shape[0]))
 
     return literal
 

@@ -648,8 +648,9 @@ THEORY_NOTE = ("rho_i = ceil(log2(1 / min(eta_i, delta / N_SS))) copies per unit
                "per coefficient, as for pensia), fixpoint over N_SS = sum_i (H_i nnz(W_i) + "
                "nnz(c_i)) rho_{i+1} SubsetSums (union bound; H_0 halves, rho_l = 1) and "
                "eta_i = eps / (l (1 + B_i) prod_{k>i} max(1, ||W_k||_inf)), B_i = sup ||h_i||_1 "
-               "over the domain (interval bounds). Burkholz (NeurIPS 2022) states widths "
-               "C n_T log(1/min(eps_l, delta/rho)) with rho = C N_T^(1+gamma) "
+               "over the domain (interval bounds). Burkholz (NeurIPS 2022), as we read it (not "
+               "quoted from the paper), asks for widths C n_T log(1/min(eps_l, delta/rho)) with "
+               "rho = C N_T^(1+gamma) "
                "log^(1+gamma)(1/min(eps_l, delta)) a union-bound count and C a generic constant; "
                "authors_c: C = 2.7 with ln (LT-existence's expC). The certificate uses the exact "
                "amplification (the l1 norm of the chosen random weights), not ||W||_inf.")
