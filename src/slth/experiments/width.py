@@ -65,6 +65,7 @@ class Settings:
     sweep_depth: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     max_params: int = 20_000_000  # malach: largest G tried
     orseau_n_max: int = 2048
+    max_subsetsum: int = 28       # burkholz: largest rho tried
     rel_tol: float = 0.05         # sizes are found to within 5% (exact below 20)
     tail_eps: float = 0.01        # second fit over eps <= this (the asymptotic regime)
     workers: int = 2
@@ -168,7 +169,9 @@ def size_limit(method: str, target: MLP, s: Settings) -> int:
         return pensia.N_MAX
     if get(method).size.growth == "double":
         return s.orseau_n_max
-    return _method(method, target, None, s).size_range(target)[1]
+    hi = _method(method, target, None, s).size_range(target)[1]
+    # the exact SubsetSum's time doubles every 2 coefficients: other exact methods stop here
+    return min(hi, s.max_subsetsum) if get(method).work == "SubsetSum" else hi
 
 
 def sizes_over_eps(method: str, target: MLP, domain: Domain, eps_grid: list[float], seed: int,
