@@ -373,7 +373,7 @@ def summary_rows(res: dict) -> list[dict]:
 
 # ------------------------------------------------------------------------------ plots
 COLORS = {"pensia": "tab:blue", "orseau": "tab:green", "orseau-uniform": "tab:olive",
-          "malach": "tab:red"}
+          "malach": "tab:red", "burkholz": "tab:purple"}
 
 
 def plot(res: dict, out_dir) -> list[str]:
@@ -441,7 +441,7 @@ def _line(ax, x, y, m, label, theory=False):
     pts = [(a, b) for a, b in zip(x, y) if b is not None]
     if pts:
         X, Y = zip(*pts)
-        ax.plot(X, Y, "--" if theory else "o-", color=COLORS[m], label=label,
+        ax.plot(X, Y, "--" if theory else "o-", color=COLORS.get(m), label=label,
                 alpha=0.6 if theory else 1.0, lw=1 if theory else 1.5, ms=4)
 
 
