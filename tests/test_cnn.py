@@ -3,6 +3,7 @@ found, the ticket computes what its saved masks say, runs are chunk- and worker-
 resume after a crash, malach refuses convolutions, and the CLI builds a digits CNN."""
 
 import json
+from pathlib import Path
 import logging
 import struct
 
@@ -544,6 +545,7 @@ def test_width_study_on_a_cnn_target_file_finds_sizes_that_meet_eps(tmp_path):
                    trained=False, target=str(path), dims=[4, 4], sweep_d=[4], sweep_depth=[1],
                    workers=1)
     res = W.run(s)
+    assert {Path(f).name for f in W.plot(res, tmp_path)} >= {"eps.png"}
     got = res["eps"]["file"]
     assert res["targets"]["file"]["params"] == net.n_params
     assert got["malach"]["size"] == [None, None]          # malach refuses convolutions

@@ -397,8 +397,9 @@ def plot(res: dict, out_dir) -> list[str]:
             _line(ax, r["eps"], r["theory_size"], m, None, theory=True)
             _line(axw, r["eps"], r["hidden_width"], m, m)
         eps = np.array(next(iter(res["eps"][name].values()))["eps"])
-        axw.plot(eps, tgt["dims"][1] * np.log2(1 / eps), "k:", label="Pensia lower bound "
-                 "d log2(1/eps) (constant 1)")
+        if tgt.get("dims"):     # an MLP: its first hidden width d
+            axw.plot(eps, tgt["dims"][1] * np.log2(1 / eps), "k:", label="Pensia lower bound "
+                     "d log2(1/eps) (constant 1)")
         for a, yl in ((ax, "size (n per half-block; malach: K per gadget)"),
                       (axw, "G's first hidden width")):
             a.set_xscale("log")
@@ -408,7 +409,8 @@ def plot(res: dict, out_dir) -> list[str]:
             a.set_ylabel(yl)
             a.grid(True, which="both", alpha=0.3)
             a.legend(fontsize=7)
-        ax.set_title(f"{name}: {'-'.join(map(str, tgt['dims']))} (dashed: theory)", fontsize=9)
+        shape = "-".join(map(str, tgt["dims"])) if tgt.get("dims") else tgt["description"]
+        ax.set_title(f"{name}: {shape} (dashed: theory)", fontsize=9)
         axw.set_title(f"{name}: width of G", fontsize=9)
     fig.tight_layout()
     files.append(_save(fig, out_dir, "eps.png"))
