@@ -1,8 +1,8 @@
 """CNN benchmark: tickets for LeNet5 and ResNet-20 trained on Fashion-MNIST.
 
-    flock -x /tmp/slth-cpu.lock python benchmarks/cnn.py --model lenet5 --n 21
-    flock -x /tmp/slth-cpu.lock python benchmarks/cnn.py --model lenet5 --eps 0.5
-    flock -x /tmp/slth-cpu.lock python benchmarks/cnn.py --model resnet20 --n 21
+    python benchmarks/cnn.py --model lenet5 --n 21
+    python benchmarks/cnn.py --model lenet5 --eps 0.5
+    python benchmarks/cnn.py --model resnet20 --n 21
 
 Steps:
 
@@ -23,8 +23,8 @@ Steps:
    below an error found).
 
 Rows accumulate in ``OUT/cnn.json`` (a row is replaced when its target, method and size come
-again) and are written as a Markdown table to ``OUT/cnn.md``. Run it under
-``flock -x /tmp/slth-cpu.lock`` on a shared machine so that the timings are its own.
+again) and are written as a Markdown table to ``OUT/cnn.md``. Timings are only meaningful on a
+machine that runs nothing else.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 6: kill -9 halfway through a 397,000-weight construction (784-500-10, n = 21), run the same
+# kill -9 halfway through a 397,000-weight construction (784-500-10, n = 21), run the same
 # command again, and compare the ticket with an uninterrupted single-process run.
 #   bash benchmarks/kill_resume.sh [WORKDIR]
 set -euo pipefail
-W=${1:-/tmp/slth-kill-resume}
+W=${1:-slth-kill-resume}
 rm -rf "$W" && mkdir -p "$W" && cd "$W"
 python -c "from slth.targets import synthetic_exp1_target as t; t().save('exp1.safetensors')"
 CMD=(slth construct exp1.safetensors --n 21 --workers 2 --runs-dir runs)
