@@ -196,3 +196,18 @@ def test_cli_refuses_bad_settings_with_exit_2(run_cli, tmp_path, args, words):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("slth: error:") and words in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_compiled_greedy_gives_the_numpy_greedys_ticket_byte_for_byte(bias, monkeypatch):
+    from slth.constructions.blocks import BlockMethod
+    from slth.constructions.orseau import Orseau
+
+    tgt = random_target(np.random.default_rng(3), [7, 5, 3], bias)
+    fast = construct(tgt, method="orseau", n=24, seed=4).ticket
+    monkeypatch.setattr(Orseau, "masks", BlockMethod.masks)      # the NumPy golden_greedy path
+    slow = construct(tgt, method="orseau", n=24, seed=4).ticket
+    for a, b in zip(fast.layers, slow.layers):
+        for x, y in ((a.weight, b.weight), (a.mask, b.mask), (a.bias, b.bias),
+                     (a.bias_mask, b.bias_mask)):
+            assert (x is None and y is None) or np.asarray(x).tobytes() == np.asarray(y).tobytes()

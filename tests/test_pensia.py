@@ -230,3 +230,18 @@ def test_widen_layer_drawn_in_blocks_is_the_one_piece_draw():
     assert [r0 for r0, _ in blocks] == list(range(0, len(Uw), 7))
     assert np.array_equal(np.concatenate([b for _, b in blocks]), Uw)
     assert Uw.shape == (2 * 5 * 6 + 5, 6) and Ub.shape == (65,) and np.all(Ub[60:] == beta.astype(np.float32))
+
+
+def test_coverage_covers_a_weight_its_base_block_cannot_reach_and_the_bound_drops():
+    rng = np.random.default_rng(0)
+    W1 = rng.uniform(-0.3, 0.3, (6, 5))
+    W1[2, 3] = 3.0      # out of reach of n = 6 products of two Uniform draws (sum <= 6 * 1 * 1 / 2)
+    tgt = MLP([W1, rng.uniform(-0.3, 0.3, (2, 6))], [None, None])
+    plain = construct(tgt, method="pensia", n=6, seed=1, coverage=False, domain=Domain("box"))
+    cov = construct(tgt, method="pensia", n=6, seed=1, domain=Domain("box"))
+    c = cov.info["coverage"]
+    assert c["uncovered_before"] >= 1 and c["uncovered_after"] == 0
+    assert c["extra_random_params"] == cov.ticket.random_params - plain.ticket.random_params > 0
+    assert plain.info["max_weight_error"] > 0.5 > cov.info["max_weight_error"]
+    bound = lambda con: con.built.certificate["certified_bound"]
+    assert bound(cov) < bound(plain) / 4

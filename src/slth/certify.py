@@ -714,10 +714,3 @@ def ascend(target, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarray,
                 x += step * grad.sign()
             x.copy_(domain.project(x))
     return x.detach().numpy()
-
-
-def max_output_error(target, ticket_forward, x: np.ndarray) -> float:
-    """max over rows of ||F(x) - G_hat(x)||_inf, G_hat evaluated by ``ticket_forward`` (float64)."""
-    if len(x) == 0:
-        return 0.0
-    return float(np.abs(target.forward(x) - ticket_forward(x)).max())

@@ -226,8 +226,8 @@ def search_sizes(solver: Solver, target, eps: float, domain: Domain,
     def jump(k: int, b: float) -> int:
         if log_growth:
             return k + max(1, math.ceil(math.log2(b / eps)))
-        if method.size.growth == "double":
-            return 2 * k
+        if method.size.growth == "double":   # near eps, a quarter more instead of double
+            return 2 * k if b > 8 * eps else max(k + 1, math.ceil(1.25 * k))
         return max(k + 1, math.ceil(k * min(b / eps, 64.0) * 1.05))
 
     k = min(hi, max(lo, method.size.start))

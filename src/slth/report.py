@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from .certify import (Domain, ascend_in_groups, bound_details, effective_forward,
-                      max_output_error, search_starts)
+                      search_starts)
 from .constructions import Construction
 from .targets import MLP
 
@@ -66,6 +66,66 @@ def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], e
     say = progress or (lambda msg: None)
     bound_det = certificate or bound_details(target, eff, domain)
     bound = bound_det["certified_bound"]
+    rep = _header(target, info, sparsity, widths, domain, seed)
+    rep["certified_bound"] = bound
+    rep["per_layer_deviation_bound"] = bound_det["per_layer_deviation"]
+    rep["unstable_units"] = bound_det["unstable_units"]
+
+    starts, checks = None, []
+    if data is not None:
+        say("evaluating on the test data")
+        xt, yt = data.x_test.astype(np.float64), data.y_test
+        dtype = "float64" if isinstance(target, MLP) else "float32"
+        F, G = bulk_outputs(target, eff, xt, dtype)
+        rep["bulk_dtype"] = dtype
+        # the folded evaluation must agree with the literal masked network
+        n_lit = literal_check if isinstance(target, MLP) else min(literal_check, 100)
+        idx = np.random.default_rng(seed).choice(len(xt), size=min(n_lit, len(xt)), replace=False)
+        err = np.abs(F - G).max(1)
+        inside = domain.contains(xt)
+        # the largest errors are reported as computed by the literal network
+        top = np.argsort(-np.where(inside, err, -1.0))[:64]
+        top = top[inside[top]]
+        checks = [xt[idx], xt[top]]
+        rep["test_inputs"] = int(len(xt))
+        rep["test_inputs_in_domain"] = int(inside.sum())
+        rep["empirical_max_error_all_test"] = float(err.max())
+        rep["target_accuracy"] = float((F.argmax(1) == yt).mean())
+        rep["ticket_accuracy"] = float((G.argmax(1) == yt).mean())
+        rep["agreement"] = float((F.argmax(1) == G.argmax(1)).mean())
+        starts = xt[np.argsort(-err)[:starts_from_data]]
+    else:
+        rep.update({"empirical_max_error": None, "target_accuracy": None,
+                    "ticket_accuracy": None, "agreement": None})
+    say("gradient ascent on the error")
+    t0 = time.perf_counter()
+    x0 = search_starts(target.in_dim, domain, starts, restarts, seed)
+    xs = (ascend_all(x0, steps) if ascend_all is not None
+          else ascend_in_groups(target, eff, domain, x0, steps))
+    rep["ascent_seconds"] = time.perf_counter() - t0
+    lit = literal(np.concatenate(checks + [xs]))      # one pass over G for every check
+    rep["adversarial_max_error"] = (float(np.abs(target.forward(xs) - lit[-len(xs):]).max())
+                                    if len(xs) else 0.0)
+    rep["adversarial_seconds"] = time.perf_counter() - t0
+    if checks:
+        n_idx, n_top = len(idx), len(top)
+        rep["literal_check_points"] = int(n_idx)
+        G_idx = G[idx] if dtype == "float64" else bulk_outputs(target, eff, xt[idx], "float64")[1]
+        rep["literal_check_max_diff"] = (float(np.abs(lit[:n_idx] - G_idx).max()) if n_idx
+                                         else 0.0)
+        F_top = F[top] if dtype == "float64" else target.forward(xt[top])
+        rep["empirical_max_error"] = (float(np.abs(F_top - lit[n_idx:n_idx + n_top]).max())
+                                      if n_top else None)
+    found = max(rep["adversarial_max_error"], rep.get("empirical_max_error") or 0.0)
+    rep["max_error_found"] = found
+    rep["bound_tightness"] = bound / found if found > 0 else None
+    rep["bound_holds"] = bool(found <= bound)
+    return rep
+
+
+def _header(target, info: dict, sparsity: dict, widths: list[int], domain: Domain,
+            seed: int) -> dict:
+    """The report's first entries: the method, the sizes of F and G, then the method's info."""
     rep = {
         "method": info.get("method"),
         "eps": info.get("eps"),
@@ -83,54 +143,6 @@ def evaluate_parts(target: MLP, info: dict, sparsity: dict, widths: list[int], e
     }
     for k, v in info.items():
         rep.setdefault(k, v)
-    rep["certified_bound"] = bound
-    rep["per_layer_deviation_bound"] = bound_det["per_layer_deviation"]
-    rep["unstable_units"] = bound_det["unstable_units"]
-
-    starts = None
-    if data is not None:
-        say("evaluating on the test data")
-        xt, yt = data.x_test.astype(np.float64), data.y_test
-        dtype = "float64" if isinstance(target, MLP) else "float32"
-        F, G = bulk_outputs(target, eff, xt, dtype)
-        rep["bulk_dtype"] = dtype
-        # the folded evaluation must agree with the literal masked network
-        n_lit = literal_check if isinstance(target, MLP) else min(literal_check, 100)
-        idx = np.random.default_rng(seed).choice(len(xt), size=min(n_lit, len(xt)), replace=False)
-        err = np.abs(F - G).max(1)
-        inside = domain.contains(xt)
-        # report the largest errors as computed by the literal network
-        top = np.argsort(-np.where(inside, err, -1.0))[:64]
-        top = top[inside[top]]
-        lit = literal(np.concatenate([xt[idx], xt[top]]))     # one pass for both checks
-        rep["literal_check_points"] = int(len(idx))
-        G_idx = G[idx] if dtype == "float64" else bulk_outputs(target, eff, xt[idx], "float64")[1]
-        rep["literal_check_max_diff"] = float(np.abs(lit[:len(idx)] - G_idx).max()) if len(idx) else 0.0
-        rep["test_inputs"] = int(len(xt))
-        rep["test_inputs_in_domain"] = int(inside.sum())
-        F_top = F[top] if dtype == "float64" else target.forward(xt[top])
-        rep["empirical_max_error"] = (float(np.abs(F_top - lit[len(idx):]).max())
-                                      if len(top) else None)
-        rep["empirical_max_error_all_test"] = float(err.max())
-        rep["target_accuracy"] = float((F.argmax(1) == yt).mean())
-        rep["ticket_accuracy"] = float((G.argmax(1) == yt).mean())
-        rep["agreement"] = float((F.argmax(1) == G.argmax(1)).mean())
-        starts = xt[np.argsort(-err)[:starts_from_data]]
-    else:
-        rep.update({"empirical_max_error": None, "target_accuracy": None,
-                    "ticket_accuracy": None, "agreement": None})
-    say("gradient ascent on the error")
-    t0 = time.perf_counter()
-    x0 = search_starts(target.in_dim, domain, starts, restarts, seed)
-    xs = (ascend_all(x0, steps) if ascend_all is not None
-          else ascend_in_groups(target, eff, domain, x0, steps))
-    rep["ascent_seconds"] = time.perf_counter() - t0
-    rep["adversarial_max_error"] = max_output_error(target, literal, xs)
-    rep["adversarial_seconds"] = time.perf_counter() - t0
-    found = max(rep["adversarial_max_error"], rep.get("empirical_max_error") or 0.0)
-    rep["max_error_found"] = found
-    rep["bound_tightness"] = bound / found if found > 0 else None
-    rep["bound_holds"] = bool(found <= bound)
     return rep
 
 
