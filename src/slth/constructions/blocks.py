@@ -313,17 +313,15 @@ def combine_rows(layer: TargetLayer, ns: np.ndarray, b: np.ndarray, mask: np.nda
     return Vw, Vm
 
 
-def gadget_inputs(ns: np.ndarray, a: np.ndarray, beta: np.ndarray | None):
+def gadget_inputs(ns: np.ndarray, a: np.ndarray, beta: np.ndarray | None, halves: int = 2):
     """``ticket.effective.widen_inputs`` of the widen layer for every neuron an out-link may
     use: neuron (c, h, t) keeps channel c with weight +-a[h, t, c] (float32), the bias block its
-    bias. (Unused neurons are pruned in G, so their entries here never count.)"""
+    bias. (Unused neurons are pruned in G, so their entries here never count.) ``halves``: 1
+    for a layer with only the positive half (Burkholz's copy layer on a nonnegative box)."""
     C = len(ns)
-    rows = []
-    for c in range(C):
-        for h, sign in ((0, 1.0), (1, -1.0)):
-            rows.append(sign * a[h, :ns[c], c])
+    rows = [(1.0 if h == 0 else -1.0) * a[h, :ns[c], c] for c in range(C) for h in range(halves)]
     av = (np.concatenate(rows) if rows else np.zeros(0)).astype(np.float32).astype(np.float64)
-    col = np.repeat(np.arange(C), 2 * ns)
+    col = np.repeat(np.arange(C), halves * np.asarray(ns))
     bv = np.zeros(len(av))
     if beta is not None:
         col = np.concatenate([col, np.full(len(beta), -1)])

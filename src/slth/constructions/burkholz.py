@@ -64,7 +64,7 @@ from ..subsetsum import solve as subset_solve
 from ..ticket.effective import EffectiveCopies, EffectiveLayer, combine_effective, copies_effective
 from ._common import f32, stream
 from .base import Method, Rows, Size, TargetLayer, Tensor, check, option, register, target_layers
-from .blocks import FILL_B, FILL_W, bias_tap, draw_in
+from .blocks import FILL_B, FILL_W, bias_tap, draw_in, gadget_inputs
 
 RHO_MAX = 40                         # the exact SubsetSum solver's largest size
 MAX_DENSE = 400_000_000              # entries of one dense layer of G (carriers out x in)
@@ -114,21 +114,6 @@ def const_betas(seed: int, layer: int, n: int) -> np.ndarray:
     """Biases beta_q of the n constant neurons of the G layer written with target layer
     ``layer`` (Uniform(0, 1], float32-rounded)."""
     return np.array([f32(stream(seed, layer, CONST_BETA, q).uniform(0.0, 1.0)) for q in range(n)])
-
-
-def copy_inputs(C: int, n: int, H: int, a: np.ndarray, beta: np.ndarray | None):
-    """``ticket.effective.widen_inputs`` of the copy layer: neuron (c, h, t) keeps channel c with
-    weight +-a[h, t, c]; the bias block its bias."""
-    col = np.repeat(np.arange(C), H * n)
-    av = np.concatenate([(1.0 if h == 0 else -1.0) * a[h, :n, c] for c in range(C)
-                         for h in range(H)] or [np.zeros(0)])
-    av = av.astype(np.float32).astype(np.float64)
-    bv = np.zeros(len(av))
-    if beta is not None:
-        col = np.concatenate([col, np.full(len(beta), -1)])
-        av = np.concatenate([av, np.zeros(len(beta))])
-        bv = np.concatenate([bv, np.maximum(beta.astype(np.float32).astype(np.float64), 0.0)])
-    return col, av, bv
 
 
 # ----------------------------------------------------------------------------- the method
@@ -273,7 +258,7 @@ class Burkholz(Method):
         if layer.index == 0:
             a, beta = draw_in(layer.channels, r_in, layer.has_bias, seed, 0)
             const = None if beta is None else np.maximum(beta, 0.0)
-            return H, a, const, copy_inputs(layer.channels, r_in, H, a, beta), n_const
+            return H, a, const, gadget_inputs(np.full(layer.channels, r_in), a, beta, H), n_const
         const = const_betas(seed, layer.index - 1, n_const) if n_const else None
         return H, None, const, None, n_const
 
@@ -473,19 +458,10 @@ class Burkholz(Method):
 
     # ---- G's graph
     def graph(self, target, layers, tensors) -> dict:
-        from .layout import _jsonable_attrs, _prune
+        from .layout import _jsonable_attrs, _prune, graph_builder
 
         nodes = target.nodes
-        out = [{"op": "input", "inputs": [], "shape": list(nodes[0].shape)}]
-        where = {0: 0}
-        by_layer: dict[int, list[int]] = {}
-        for j, (i, _) in enumerate(tensors):
-            by_layer.setdefault(i, []).append(j)
-
-        def add(op, inputs, attrs=None, **kw):
-            out.append({"op": op, "inputs": list(inputs), "attrs": attrs or {}, **kw})
-            return len(out) - 1
-
+        out, where, by_layer, add = graph_builder(target, tensors)
         gadgets, prev = [], None
         for i, nd in enumerate(nodes[1:], start=1):
             if nd.op not in ("linear", "conv"):

@@ -7,14 +7,11 @@ from __future__ import annotations
 from .base import TargetLayer, Tensor
 
 
-def pair_graph(target, layers: list[TargetLayer], tensors: list[tuple[int, Tensor]]) -> dict:
-    """G's graph (``slth.ticket.graph``) for a ``Net`` target and a gadget of tensors per affine
-    op (widen ... combine): the target's graph with every affine op replaced by its tensors
-    (ReLU between them; a Linear reading a flattened map gets its first tensor before the
-    flatten), every other node copied."""
-    nodes = target.nodes
-    out = [{"op": "input", "inputs": [], "shape": list(nodes[0].shape)}]
-    where, gadgets = {0: 0}, []
+def graph_builder(target, tensors: list[tuple[int, Tensor]]):
+    """The start of G's graph for a ``Net`` target: (nodes [the input], where {target node:
+    G node}, by_layer {target layer: indices of its tensors}, add(op, inputs, attrs, **kw) ->
+    the new node's index)."""
+    out = [{"op": "input", "inputs": [], "shape": list(target.nodes[0].shape)}]
     by_layer: dict[int, list[int]] = {}
     for j, (i, _) in enumerate(tensors):
         by_layer.setdefault(i, []).append(j)
@@ -23,6 +20,17 @@ def pair_graph(target, layers: list[TargetLayer], tensors: list[tuple[int, Tenso
         out.append({"op": op, "inputs": list(inputs), "attrs": attrs or {}, **kw})
         return len(out) - 1
 
+    return out, {0: 0}, by_layer, add
+
+
+def pair_graph(target, layers: list[TargetLayer], tensors: list[tuple[int, Tensor]]) -> dict:
+    """G's graph (``slth.ticket.graph``) for a ``Net`` target and a gadget of tensors per affine
+    op (widen ... combine): the target's graph with every affine op replaced by its tensors
+    (ReLU between them; a Linear reading a flattened map gets its first tensor before the
+    flatten), every other node copied."""
+    nodes = target.nodes
+    out, where, by_layer, add = graph_builder(target, tensors)
+    gadgets = []
     for i, nd in enumerate(nodes[1:], start=1):
         if nd.op not in ("linear", "conv"):
             where[i] = add(nd.op, [where[j] for j in nd.inputs], _jsonable_attrs(nd.attrs))
