@@ -214,6 +214,27 @@ def _size(v):
         if isinstance(v, (list, tuple)) else v
 
 
+def _cnn_section(rep: HtmlReport, c: dict) -> None:
+    """Section 4 of the report: the convolutional target and its ticket."""
+    rep.heading("4. A convolutional target")
+    rep.paragraph(f"The same idea on a CNN trained on the digits ({c['params']:,} weights, test "
+                  f"accuracy {c['accuracy']:.2%}): G replaces every convolution by a random 1×1 "
+                  "'widen' convolution (a block of 2n channels per input channel) and a random "
+                  "'combine' convolution with the target's kernel, stride and padding; pooling "
+                  "and flatten are copied. Each kernel entry is a SubsetSum over products of "
+                  "G's weights. The bound is certified on the box [0,1]^64 through the "
+                  "convolutions and pooling.")
+    rep.table(["target layer", "op", "output shape", "weights"],
+              [[L["name"], L["op"], "×".join(map(str, L["shape"])), L["params"]]
+               for L in c["layers"]])
+    rep.table(["certified ε", "n per layer", "random params (G)", "active params", "density",
+               "certified bound", "largest error found", "ticket accuracy", "agreement",
+               "time (s)"],
+              [[c["eps"], _size(c["n_per_layer"]), c["random_params"], c["active_params"],
+                _pct(c["density"]), c["certified_bound"], c["max_error_found"],
+                _pct(c["ticket_accuracy"]), _pct(c["agreement"]), c["seconds"]]])
+
+
 def html_report(sm: dict, out: Path) -> HtmlReport:
     """The demo's report.html from its summary and the PNGs already written to ``out``."""
     s = sm["settings"]
@@ -281,24 +302,7 @@ def html_report(sm: dict, out: Path) -> HtmlReport:
     rep.image(out / "eps.png", "Size (left) and G's first hidden width (right) against ε; "
                                "dotted black: Pensia's lower bound d·log2(1/ε).")
 
-    c = sm["cnn"]
-    rep.heading("4. A convolutional target")
-    rep.paragraph(f"The same idea on a CNN trained on the digits ({c['params']:,} weights, test "
-                  f"accuracy {c['accuracy']:.2%}): G replaces every convolution by a random 1×1 "
-                  "'widen' convolution (a block of 2n channels per input channel) and a random "
-                  "'combine' convolution with the target's kernel, stride and padding; pooling "
-                  "and flatten are copied. Each kernel entry is a SubsetSum over products of "
-                  "G's weights. The bound is certified on the box [0,1]^64 through the "
-                  "convolutions and pooling.")
-    rep.table(["target layer", "op", "output shape", "weights"],
-              [[L["name"], L["op"], "×".join(map(str, L["shape"])), L["params"]]
-               for L in c["layers"]])
-    rep.table(["certified ε", "n per layer", "random params (G)", "active params", "density",
-               "certified bound", "largest error found", "ticket accuracy", "agreement",
-               "time (s)"],
-              [[c["eps"], _size(c["n_per_layer"]), c["random_params"], c["active_params"],
-                _pct(c["density"]), c["certified_bound"], c["max_error_found"],
-                _pct(c["ticket_accuracy"]), _pct(c["agreement"]), c["seconds"]]])
+    _cnn_section(rep, sm["cnn"])
 
     rep.heading("5. Finding tickets by training: edge-popup on FC2")
     rep.paragraph(f"Edge-popup learns a score per frozen random weight and keeps the top "

@@ -306,30 +306,11 @@ def run(s: Settings, progress=None) -> dict:
 
     out = {"settings": asdict(s), "targets": {}, "eps": {}, "d": {}, "depth": {}}
     for name, (mlp, dom, desc) in targets.items():
-        out["targets"][name] = {"dims": getattr(mlp, "dims", None), "domain": dom.as_dict(), "description": desc,
-                                "params": mlp.n_params}
-        out["eps"][name] = {}
-        for m in s.methods:
-            per_seed = [results[("eps", name, m, seed)] for seed in range(s.seeds_for(m))]
-            size = [quantile([p[j] for p in per_seed], s.delta) for j in range(len(grid))]
-            median = [quantile([p[j] for p in per_seed], 0.5) for j in range(len(grid))]
-            tail = [e <= s.tail_eps for e in grid]
-            out["eps"][name][m] = {
-                "eps": grid, "seeds": len(per_seed), "size": size, "size_per_seed": per_seed,
-                "size_median": median,
-                "random_params": [random_params(m, mlp, k) if k else None for k in size],
-                "hidden_width": [hidden_width(m, mlp, k) if k else None for k in size],
-                "theory_size": [theory_size(m, mlp, e, s.delta) for e in grid],
-                "fit": fits([1 / e for e in grid], size),
-                "fit_tail": fits([1 / e for e, t in zip(grid, tail) if t],
-                                 [k for k, t in zip(size, tail) if t]),
-                # the per-seed median (delta = 0.5) over the whole grid: the typical seed's size
-                "fit_median": fits([1 / e for e in grid], median),
-                "fit_ranges": {"fit": [max(grid), min(grid)],
-                               "fit_tail": [max([e for e, t in zip(grid, tail) if t], default=None),
-                                            min(grid)],
-                               "fit_median": [max(grid), min(grid)]},
-            }
+        out["targets"][name] = {"dims": getattr(mlp, "dims", None), "domain": dom.as_dict(),
+                                "description": desc, "params": mlp.n_params}
+        out["eps"][name] = {m: _eps_summary(m, mlp, grid, [results[("eps", name, m, seed)]
+                                                            for seed in range(s.seeds_for(m))], s)
+                            for m in s.methods}
     for sweep, items in sweeps.items():
         for m in s.methods:
             vals = [v for v, _ in items]
@@ -346,6 +327,30 @@ def run(s: Settings, progress=None) -> dict:
     out["seconds_per_method"] = seconds
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def _eps_summary(m: str, mlp, grid: list[float], per_seed: list[list], s: Settings) -> dict:
+    """One method on one target over the eps grid: the (1 - delta)-quantile size over the seeds,
+    its random parameters and width, the theory's size, and the fits."""
+    size = [quantile([p[j] for p in per_seed], s.delta) for j in range(len(grid))]
+    median = [quantile([p[j] for p in per_seed], 0.5) for j in range(len(grid))]
+    tail = [e <= s.tail_eps for e in grid]
+    return {
+        "eps": grid, "seeds": len(per_seed), "size": size, "size_per_seed": per_seed,
+        "size_median": median,
+        "random_params": [random_params(m, mlp, k) if k else None for k in size],
+        "hidden_width": [hidden_width(m, mlp, k) if k else None for k in size],
+        "theory_size": [theory_size(m, mlp, e, s.delta) for e in grid],
+        "fit": fits([1 / e for e in grid], size),
+        "fit_tail": fits([1 / e for e, t in zip(grid, tail) if t],
+                         [k for k, t in zip(size, tail) if t]),
+        # the per-seed median (delta = 0.5) over the whole grid: the typical seed's size
+        "fit_median": fits([1 / e for e in grid], median),
+        "fit_ranges": {"fit": [max(grid), min(grid)],
+                       "fit_tail": [max([e for e, t in zip(grid, tail) if t], default=None),
+                                    min(grid)],
+                       "fit_median": [max(grid), min(grid)]},
+    }
 
 
 def summary_rows(res: dict) -> list[dict]:
