@@ -25,9 +25,18 @@ except on the input, where the exact first-layer form needs one).
   max pooling, max(h + D) - max(h) lies in [min D, max D] over the window; residual adds add the
   deviations; subsampling and zero channels select and add units.
 
+* The network's trailing chain (flatten) linear (ReLU linear)+ is then bounded again backwards
+  (CROWN-style, ``_tail_upper``): each layer's deviation is substituted by the ReLU chords of
+  the layer below, down to the chain's input, so the signs of W cancel across layers; every
+  layer's bounds are tightened in turn, and the smaller of the two bounds is kept. On LeNet5 this
+  halves the bound, within 5% of the linear program over the same relaxation.
+
 What limits it on deep networks: the target's own bounds are plain intervals (they widen layer by
 layer, so more units are unstable), an unstable unit drops its affine part, and every layer adds
-its weight errors as an interval that later layers multiply by |W|.
+its weight errors as an interval that later layers multiply by |W|. Past a max pooling whose
+windows have no surely-largest element nothing relational survives (no linear bound of a max
+beats its interval), so the chain's input enters as independent intervals; most of what is left
+are the chords' constants (about half of each unstable unit's deviation range).
 
 The bound is sound for any target (no norm assumptions). It is evaluated in float64; sums of
 products are widened by a relative 1e-12 to cover rounding in the bound itself.
@@ -515,17 +524,126 @@ def _node_value(nd, vals: dict, shapes: dict, dom: Domain) -> _Value:
     raise SlthError(f"the certification does not handle op {nd.op!r}")
 
 
+def _tail_start(nodes) -> int | None:
+    """The node feeding the network's trailing chain (flatten)* linear (relu linear)+, each node
+    reading the one before, or None when there is no such chain."""
+    ops = [nd.op for nd in nodes]
+    i = len(nodes) - 1
+    while i >= 2 and ops[i] == "linear" and ops[i - 1] == "relu" and ops[i - 2] == "linear" \
+            and nodes[i].inputs == (i - 1,) and nodes[i - 1].inputs == (i - 2,):
+        i -= 2
+    if i == len(nodes) - 1 or ops[i] != "linear":
+        return None
+    while i > 0 and nodes[i].inputs == (i - 1,) and ops[i - 1] == "flatten":
+        i -= 1
+    return i - 1 if nodes[i].inputs == (i - 1,) else None
+
+
+@dataclass
+class _TailLayer:
+    """One linear layer of the tail: target W, c; ticket P, b; its input's target interval
+    [hl, hu] (>= 0); its output's target pre-activation [l, u] and deviation [dl, dh]."""
+
+    W: np.ndarray
+    eb: np.ndarray
+    P: np.ndarray
+    hl: np.ndarray
+    hu: np.ndarray
+    l: np.ndarray
+    u: np.ndarray
+    dl: np.ndarray
+    dh: np.ndarray
+
+
+def _chords(t: _TailLayer):
+    """Linear bounds of the ReLU deviation relu(z + D) - relu(z) in D (as in ``_relu``):
+    upper au D + bu, lower al D + bl, per unit."""
+    l, u, dl, dh = t.l, t.u, t.dl, t.dh
+    active, inactive = (l >= 0) & (l + dl >= 0), (u <= 0) & (u + dh <= 0)
+    unstable = ~(active | inactive)
+    both = unstable & (dl < 0) & (dh > 0)
+    w = np.where(both, dh - dl, 1.0)
+    au = np.where(both, dh / w, (active | unstable & (dl >= 0)) * 1.0)
+    al = np.where(both, -dl / w, (active | unstable & (dh <= 0)) * 1.0)
+    return au, np.where(both, -dh * dl / w, 0.0), al, np.where(both, dl * dh / w, 0.0)
+
+
+def _tail_upper(C: np.ndarray, tail: list[_TailLayer], m: int, e0: tuple) -> np.ndarray:
+    """Upper bounds of C D_m (rows of C [k, units of layer m]), D_m the deviation of tail layer
+    m's output, by substituting backwards (CROWN-style) D_j = P_j e_{j-1} + (P_j - W_j) h_{j-1}
+    + (b_j - c_j) and the ReLU chords of each layer's deviation e_j, down to the tail's input
+    deviation e0 = (lo, hi); the target's h_j enter as intervals (their coefficients are the
+    tiny P - W)."""
+    A, const, mass = C, np.zeros(len(C)), np.zeros(len(C))
+
+    def concretize(G, lo, hi):
+        nonlocal const, mass
+        const = const + np.maximum(G * lo, G * hi).sum(1)
+        mass = mass + (np.abs(G) * np.maximum(np.abs(lo), np.abs(hi))).sum(1)
+
+    for j in range(m, -1, -1):
+        t = tail[j]
+        concretize(A, t.eb, t.eb)
+        concretize(A @ (t.P - t.W), t.hl, t.hu)
+        A = A @ t.P
+        if j == 0:
+            concretize(A, *e0)
+            break
+        au, bu, al, bl = _chords(tail[j - 1])
+        pos = A >= 0
+        concretize(np.where(pos, A, 0.0), bu, bu)
+        concretize(np.where(pos, 0.0, A), bl, bl)
+        A = np.where(pos, A * au, A * al)
+    return const + 1e-10 * mass     # rounding of the float64 sums, generously
+
+
+def _tail_layer(tail: list | None, nd, e, v: "_Value", out: "_Value", dom: Domain):
+    """``tail`` with the affine node ``nd`` (ticket form ``e``, input value v, output value
+    out) appended when it belongs to the trailing chain (the chain's input deviation first);
+    None when the chain cannot be bounded backwards (copies, or an input of either sign)."""
+    if isinstance(e, EffectiveCopies) or v.copies != 1 or not v.nonneg \
+            or e.pos.shape[0] != nd.weight.shape[0]:
+        return None
+    if not tail:
+        tail = [v.deviation(dom)]
+    c = np.zeros(nd.weight.shape[0]) if nd.bias is None else np.asarray(nd.bias, np.float64)
+    dl, dh = out.deviation(dom)
+    return tail + [_TailLayer(nd.weight, e.bias - c, e.pos, v.l, v.u, out.l, out.u, dl, dh)]
+
+
+TAIL_BUDGET = 2e9   # multiply-adds the tail's backward bounds may cost
+
+
+def _tail_bound(tail: list[_TailLayer], e0: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Deviation bounds (lo, hi) of the tail's output: every layer's bounds tightened by
+    substituting backwards (intersected with the forward ones) before the next layer's chords
+    use them. Returns the last layer's bounds."""
+    for m, t in enumerate(tail):
+        eye = np.eye(len(t.l))
+        hi = _tail_upper(eye, tail, m, e0)
+        lo = -_tail_upper(-eye, tail, m, e0)
+        tail[m] = dataclasses.replace(t, dl=np.maximum(t.dl, lo), dh=np.minimum(t.dh, hi))
+    return tail[-1].dl, tail[-1].dh
+
+
+def _tail_cost(tail_dims: list[tuple[int, int]]) -> float:
+    """Multiply-adds of ``_tail_bound`` for layers of (units out, units in)."""
+    return sum(2 * out * sum(o * i for o, i in tail_dims[:m + 1])
+               for m, (out, _) in enumerate(tail_dims))
+
+
 SYMBOLIC_BUDGET = 4e10   # multiply-adds the symbolic forms may cost (about a minute on 2 cores)
 
 
 def bound_details(target, eff: list[EffectiveLayer], domain: Domain,
-                  budget: float = SYMBOLIC_BUDGET) -> dict:
+                  budget: float = SYMBOLIC_BUDGET, tail: bool = True) -> dict:
     """Per-layer deviation bounds and the certified bound on max_{x in domain}
     ||F(x) - G_hat(x)||_inf (see the module docstring): target and deviation carried node by
     node as symbolic intervals over x through the target's graph (Linear layers, convolutions,
     ReLU, pooling, flatten, residual adds, shortcuts), the effective form ``eff`` standing in for
     each affine op. ``budget``: multiply-adds the symbolic forms may cost before the bound
-    continues with intervals (0: intervals from the second affine op on)."""
+    continues with intervals (0: intervals from the second affine op on). tail: also bound the
+    trailing linear/ReLU chain backwards (when it costs at most ``TAIL_BUDGET``)."""
     nodes = target.nodes
     affine = [i for i, nd in enumerate(nodes) if nd.op in ("linear", "conv")]
     if len(eff) != len(affine):
@@ -543,6 +661,10 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain,
         for j in nd.inputs:
             last[j] = max(last[j], i)
     money = _Budget(budget)
+    start = _tail_start(nodes)
+    tail = [] if tail and start is not None and _tail_cost(
+        [(nd.weight.shape[0], nd.weight.shape[1]) for nd in nodes[start + 1:]
+         if nd.op == "linear"]) <= TAIL_BUDGET else None
     vals = {0: _input_value(d0, domain)}
     per_layer, n_unstable, symbolic = [], [], []
     for i, nd in enumerate(nodes[1:], start=1):
@@ -558,6 +680,8 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain,
                     v = v.concrete(domain)
                 vals[i] = _affine(op, eff[k], nd.bias, v, domain)
             symbolic.append(vals[i].symbolic)
+            if tail is not None and i > start:
+                tail = _tail_layer(tail, nd, eff[k], vals[nd.inputs[0]], vals[i], domain)
             dl, dh = vals[i].deviation(domain)
             per_layer.append(float(np.maximum(np.abs(dl), np.abs(dh)).max(initial=0.0)))
         elif nd.op == "relu":
@@ -569,6 +693,13 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain,
             if last[j] == i:
                 del vals[j]
     dl, dh = vals[len(nodes) - 1].deviation(domain)
+    if tail:
+        e0 = tail.pop(0)
+        lo, hi = _tail_bound(tail, e0)
+        dl, dh = np.maximum(dl, lo), np.minimum(dh, hi)
+        for m, t in enumerate(tail):
+            per_layer[len(per_layer) - len(tail) + m] = float(
+                np.maximum(np.abs(t.dl), np.abs(t.dh)).max(initial=0.0))
     bound = float(np.maximum(np.abs(dl), np.abs(dh)).max(initial=0.0))
     return {"certified_bound": bound, "per_layer_deviation": per_layer,
             "unstable_units": n_unstable, "symbolic_layers": symbolic}
@@ -696,16 +827,25 @@ def search_starts(d: int, domain: Domain, starts: np.ndarray | None, restarts: i
 
 def ascend(target, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarray,
            steps: int) -> np.ndarray:
-    """``steps`` steps of projected gradient ascent from each row of x0 [M, d]; returns [M, d].
-    Rows do not interact (each follows its own deviation)."""
+    """``steps`` steps of projected gradient ascent from each row of x0 [M, d]; returns, per row,
+    the point of largest error it visited [M, d]. Rows do not interact (each follows its own
+    deviation)."""
     import torch
 
     x = torch.tensor(x0, dtype=torch.float64, requires_grad=True)
+    best = x.detach().clone()
+    best_err = torch.full((len(x),), -1.0, dtype=torch.float64)
     scale = domain.radius if domain.kind == "ball" else (domain.hi - domain.lo)
-    for t in range(steps):
+    for t in range(steps + 1):
         diff = _target_torch(target, x) - effective_forward(target, eff, x)
-        obj = diff.abs().max(dim=1).values.sum()
-        (grad,) = torch.autograd.grad(obj, x)
+        err = diff.abs().max(dim=1).values
+        with torch.no_grad():
+            better = err > best_err
+            best_err = torch.where(better, err, best_err)
+            best[better] = x[better]
+        if t == steps:
+            break
+        (grad,) = torch.autograd.grad(err.sum(), x)
         step = 0.05 * scale * (1 - t / steps) + 1e-3 * scale
         with torch.no_grad():
             if domain.kind == "ball":
@@ -713,4 +853,4 @@ def ascend(target, eff: list[EffectiveLayer], domain: Domain, x0: np.ndarray,
             else:
                 x += step * grad.sign()
             x.copy_(domain.project(x))
-    return x.detach().numpy()
+    return best.numpy()
