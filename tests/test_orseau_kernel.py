@@ -1,68 +1,20 @@
 """The compiled Orseau kernel gives the NumPy construction's answers bit for bit: masks, sums,
-digits, the seeded draws and their magnitudes. The reference below is the NumPy path
-(``orseau.golden_greedy`` + the sums of ``orseau.solve_layer``, pensia's per-row stream draws),
-frozen here so that it stays the yardstick while orseau.py moves to the kernel."""
+digits, the seeded draws and their magnitudes. The reference is the NumPy path
+(``orseau.golden_greedy`` + the sums of ``orseau.solve_layer``, pensia's per-row stream draws)."""
 
 import math
 
-import numba
 import numpy as np
 import pytest
 
 from slth.constructions import _orseau_kernel as K
 from slth.constructions._common import f32, stream
+from slth.constructions.orseau import Magnitudes as Mags, golden_greedy
 
 PHI = (1 + math.sqrt(5)) / 2
 
 
 # ----------------------------------------------------------------------------- the reference
-
-class Mags:
-    """orseau.Magnitudes' mapping (frozen copy)."""
-
-    def __init__(self, kind="hyperbolic", w_min=1e-3, w_max=1.0):
-        self.kind, self.w_min, self.w_max = kind, w_min, w_max
-
-    def __call__(self, u):
-        if self.kind == "uniform":
-            return f32(self.w_max * u)
-        return f32(self.w_min * (self.w_max / self.w_min) ** u)
-
-    def signed(self, v):
-        return np.sign(v) * self(np.abs(v))
-
-
-def golden_greedy(p, target, s, gamma):
-    if not s > 0:
-        return np.zeros(p.shape, bool)
-    mag = np.abs(p)
-    ok = (np.sign(p) == np.sign(target)[..., None]) & (mag > 0) & (mag <= s)
-    digit = np.where(ok, np.floor((math.log(s) - np.log(np.where(ok, mag, s))) / math.log(gamma)), -1)
-    order = np.argsort(np.where(ok, -mag, 1.0), axis=-1, kind="stable")
-    n = p.shape[-1]
-    take = _walk(np.take_along_axis(mag, order, -1).reshape(-1, n),
-                 np.take_along_axis(digit, order, -1).reshape(-1, n).astype(np.int64),
-                 np.abs(target).astype(np.float64).ravel())
-    mask = np.zeros(p.shape, bool)
-    np.put_along_axis(mask, order, take.reshape(p.shape), -1)
-    return mask
-
-
-@numba.njit(cache=True)
-def _walk(mag, digit, rest):
-    take = np.zeros(mag.shape, np.bool_)
-    for row in range(mag.shape[0]):
-        r, last = rest[row], -1
-        for q in range(mag.shape[1]):
-            d = digit[row, q]
-            if d < 0:
-                break
-            if d != last and mag[row, q] <= r:
-                take[row, q] = True
-                r -= mag[row, q]
-                last = d
-    return take
-
 
 def reference(W, c, a, b, beta, bb, s, gamma, greedy=golden_greedy):
     """orseau.solve_layer's choice and sums for given (mapped) draws."""
@@ -271,19 +223,6 @@ def test_float32_targets_and_strided_inputs():
     assert same(part[2], full[2][2:5]) and same(part[3], full[3][2:5])
 
 
-def test_matches_the_projects_golden_greedy():
-    from slth.constructions import orseau
-    greedy = getattr(orseau, "golden_greedy", None)
-    if greedy is None:
-        pytest.skip("orseau.golden_greedy is gone")
-    rng = np.random.default_rng(7)
-    for n, gamma in [(9, PHI), (140, 1.5)]:
-        W, c, a, b, beta, bb, s = random_layer(rng, 3, 7, n, True, Mags())
-        ref = reference(W, c, a, b, beta, bb, s, gamma, greedy=greedy)
-        got = K.solve_rows(W, c, a, b, beta, bb, s, gamma)
-        assert all(same(x, y) for x, y in zip(ref, got))
-
-
 def test_pairwise_sum_is_numpys():
     rng = np.random.default_rng(8)
     for n in list(range(1, 140)) + [255, 256, 257, 1000, 4099]:
@@ -346,3 +285,12 @@ def test_mapping_in_pieces_gives_the_whole_arrays_values():
     u = K.uniform_streams(0, (0, IN_W, 1), np.arange(8), [0], 784, 0.0, 1.0)
     assert same(K.uniform_streams(0, (0, IN_W, 1), np.arange(8), [0], 784, 0.0, 1.0, mags=real),
                 real(u))
+
+
+def test_matches_golden_greedy_for_other_gammas_and_long_rows():
+    rng = np.random.default_rng(7)
+    for n, gamma in [(9, PHI), (140, 1.5)]:
+        W, c, a, b, beta, bb, s = random_layer(rng, 3, 7, n, True, Mags())
+        ref = reference(W, c, a, b, beta, bb, s, gamma)
+        got = K.solve_rows(W, c, a, b, beta, bb, s, gamma)
+        assert all(same(x, y) for x, y in zip(ref, got))
