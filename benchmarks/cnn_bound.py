@@ -8,9 +8,10 @@ intervals beside the largest values found, and what the final bound is made of.
 
 Per affine layer: projected sign-gradient ascent (``--starts`` uniform points of the box, seeded,
 ``--steps`` steps) on max |G_hat - F| of that layer's output, and separately on max |F|. The
-decomposition splits the backward tail bound of the worst output into: the chain input's
-deviation (independent intervals past the last max pooling), each ReLU layer's chord constants,
-and each layer's own weight errors times the target's interval. Writes OUT/cnn_bound.json and
+decomposition splits the backward tail bound of the worst output into its terms
+(``certify._tail_upper(..., parts=)``): the chain input's deviation (independent intervals past
+the last max pooling), each ReLU layer's chord constants, and each layer's own weight errors
+times the target's interval. Writes OUT/cnn_bound.json and
 prints a Markdown table.
 """
 
@@ -32,13 +33,16 @@ from slth.ticket.files import load_ticket
 def layer_values(net, eff, x):
     """Outputs of every affine node of the target and of the ticket's effective form."""
     x = x.reshape(x.shape[0], *net.in_shape)
+    def t64(a):
+        return None if a is None else torch.as_tensor(a, dtype=torch.float64)
+
     vt, ve, out, k = {0: x}, {0: x}, {}, 0
     for i, nd in enumerate(net.nodes[1:], start=1):
-        if nd.op in AFFINE_OPS:
+        if nd.op in AFFINE_OPS:    # inputs are >= 0 (images, post-ReLU): G_hat's layer is P h + b
             e, k = eff[k], k + 1
-            t64 = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
-            vt[i] = apply_node(nd, [vt[nd.inputs[0]]], t64(nd.weight), t64(nd.bias) if nd.bias is not None else None)
-            ve[i] = apply_node(nd, [ve[nd.inputs[0]]], t64(e.pos.reshape(nd.weight.shape)), t64(e.bias))
+            vt[i] = apply_node(nd, [vt[nd.inputs[0]]], t64(nd.weight), t64(nd.bias))
+            ve[i] = apply_node(nd, [ve[nd.inputs[0]]], t64(e.pos.reshape(nd.weight.shape)),
+                               t64(e.bias))
             out[i] = (vt[i].reshape(len(x), -1), ve[i].reshape(len(x), -1))
         else:
             vt[i] = apply_node(nd, [vt[j] for j in nd.inputs])
@@ -103,13 +107,13 @@ def tail_lp(tail, e0, k: int, sign: float) -> float:
             lo.append(np.minimum(al * t.dl + bl, al * t.dh + bl))
             hi.append(np.maximum(au * t.dl + bu, au * t.dh + bu))
     nb = len(blocks)
-    A_eq, b_eq, A_ub, b_ub = [], [], [], []
+    A_ub, b_ub = [], []
     e_col = 0                                   # block of the e feeding the next layer
     for j, t in enumerate(tail):
         d_col = 1 + 2 * j
         row = [None] * nb
         row[d_col] = eye(len(t.l))
-        row[e_col] = -t.P                      # D_j - P_j e_{j-1} = (P_j - W_j) h + eb (h: interval)
+        row[e_col] = -t.P              # D_j - P_j e_{j-1} = (P_j - W_j) h + eb, h an interval
         G = t.P - t.W
         A_ub.append(row); b_ub.append(-(t.eb + np.minimum(G * t.hl, G * t.hu).sum(1)))
         A_ub.append([None if r is None else -r for r in row])
@@ -126,24 +130,6 @@ def tail_lp(tail, e0, k: int, sign: float) -> float:
     res = linprog(cost, A_ub=A, b_ub=np.concatenate(b_ub),
                   bounds=np.stack([np.concatenate(lo), np.concatenate(hi)], 1), method="highs")
     return float(-res.fun)
-
-
-def tail_parts(C, tail, e0) -> dict:
-    """``certify._tail_upper`` for the rows of C, term by term (per row)."""
-    A, parts = C, {}
-    for j in range(len(tail) - 1, -1, -1):
-        t = tail[j]
-        G = A @ (t.P - t.W)
-        parts[f"own errors of tail layer {j}"] = (A @ t.eb + np.maximum(G * t.hl, G * t.hu).sum(1))
-        A = A @ t.P
-        if j == 0:
-            parts["chain input deviation"] = np.maximum(A * e0[0], A * e0[1]).sum(1)
-            break
-        au, bu, al, bl = certify._chords(tail[j - 1])
-        pos = A >= 0
-        parts[f"chords of ReLU after tail layer {j - 1}"] = np.where(pos, A * bu, A * bl).sum(1)
-        A = np.where(pos, A * au, A * al)
-    return parts
 
 
 def main():
@@ -189,7 +175,8 @@ def main():
         tail, e0 = seen["tail"], seen["e0"]
         n = len(tail[-1].l)
         C = np.concatenate([np.eye(n), -np.eye(n)])
-        split = tail_parts(C, tail, e0)
+        split = {}
+        certify._tail_upper(C, tail, len(tail) - 1, e0, parts=split)
         worst = int(np.argmax(sum(split.values())))
         parts = {k: float(v[worst]) for k, v in split.items()}
         res_lp = []
@@ -218,11 +205,13 @@ def main():
     for r in rows:
         print("| " + " | ".join(r[c] if isinstance(r.get(c), str) else
                                  ("-" if r.get(c) is None else f"{r[c]:.3g}") for c in cols) + " |")
-    print(f"\ncertified bound {det['certified_bound']:.4g} (forward only {forward['certified_bound']:.4g})")
+    print(f"\ncertified bound {det['certified_bound']:.4g} "
+          f"(forward only {forward['certified_bound']:.4g})")
     for k, v in parts.items():
         print(f"  {k}: {v:.4g}")
     for r in res["tail_lp"]:
-        print(f"  output {r['output']} sign {r['sign']:+g}: LP {r['lp']:.4g}, backward {r['backward']:.4g}")
+        print(f"  output {r['output']} sign {r['sign']:+g}: LP {r['lp']:.4g}, "
+              f"backward {r['backward']:.4g}")
     if found_out is not None:
         print(f"largest output error found by ascent per output and sign: {found_out:.4g}")
 

@@ -568,31 +568,35 @@ def _chords(t: _TailLayer):
     return au, np.where(both, -dh * dl / w, 0.0), al, np.where(both, dl * dh / w, 0.0)
 
 
-def _tail_upper(C: np.ndarray, tail: list[_TailLayer], m: int, e0: tuple) -> np.ndarray:
+def _tail_upper(C: np.ndarray, tail: list[_TailLayer], m: int, e0: tuple,
+                parts: dict | None = None) -> np.ndarray:
     """Upper bounds of C D_m (rows of C [k, units of layer m]), D_m the deviation of tail layer
     m's output, by substituting backwards (CROWN-style) D_j = P_j e_{j-1} + (P_j - W_j) h_{j-1}
     + (b_j - c_j) and the ReLU chords of each layer's deviation e_j, down to the tail's input
     deviation e0 = (lo, hi); the target's h_j enter as intervals (their coefficients are the
-    tiny P - W)."""
+    tiny P - W). ``parts``, when given, receives the bound term by term (per row)."""
     A, const, mass = C, np.zeros(len(C)), np.zeros(len(C))
 
-    def concretize(G, lo, hi):
+    def concretize(G, lo, hi, what):
         nonlocal const, mass
-        const = const + np.maximum(G * lo, G * hi).sum(1)
+        term = np.maximum(G * lo, G * hi).sum(1)
+        const = const + term
         mass = mass + (np.abs(G) * np.maximum(np.abs(lo), np.abs(hi))).sum(1)
+        if parts is not None:
+            parts[what] = parts.get(what, 0.0) + term
 
     for j in range(m, -1, -1):
         t = tail[j]
-        concretize(A, t.eb, t.eb)
-        concretize(A @ (t.P - t.W), t.hl, t.hu)
+        concretize(A, t.eb, t.eb, f"own errors of tail layer {j}")
+        concretize(A @ (t.P - t.W), t.hl, t.hu, f"own errors of tail layer {j}")
         A = A @ t.P
         if j == 0:
-            concretize(A, *e0)
+            concretize(A, *e0, "chain input deviation")
             break
         au, bu, al, bl = _chords(tail[j - 1])
         pos = A >= 0
-        concretize(np.where(pos, A, 0.0), bu, bu)
-        concretize(np.where(pos, 0.0, A), bl, bl)
+        concretize(np.where(pos, A, 0.0), bu, bu, f"chords of the ReLU after tail layer {j - 1}")
+        concretize(np.where(pos, 0.0, A), bl, bl, f"chords of the ReLU after tail layer {j - 1}")
         A = np.where(pos, A * au, A * al)
     return const + 1e-10 * mass     # rounding of the float64 sums, generously
 
@@ -662,7 +666,7 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain,
             last[j] = max(last[j], i)
     money = _Budget(budget)
     start = _tail_start(nodes)
-    tail = [] if tail and start is not None and _tail_cost(
+    chain = [] if tail and start is not None and _tail_cost(
         [(nd.weight.shape[0], nd.weight.shape[1]) for nd in nodes[start + 1:]
          if nd.op == "linear"]) <= TAIL_BUDGET else None
     vals = {0: _input_value(d0, domain)}
@@ -680,8 +684,8 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain,
                     v = v.concrete(domain)
                 vals[i] = _affine(op, eff[k], nd.bias, v, domain)
             symbolic.append(vals[i].symbolic)
-            if tail is not None and i > start:
-                tail = _tail_layer(tail, nd, eff[k], vals[nd.inputs[0]], vals[i], domain)
+            if chain is not None and i > start:
+                chain = _tail_layer(chain, nd, eff[k], vals[nd.inputs[0]], vals[i], domain)
             dl, dh = vals[i].deviation(domain)
             per_layer.append(float(np.maximum(np.abs(dl), np.abs(dh)).max(initial=0.0)))
         elif nd.op == "relu":
@@ -693,12 +697,12 @@ def bound_details(target, eff: list[EffectiveLayer], domain: Domain,
             if last[j] == i:
                 del vals[j]
     dl, dh = vals[len(nodes) - 1].deviation(domain)
-    if tail:
-        e0 = tail.pop(0)
-        lo, hi = _tail_bound(tail, e0)
+    if chain:
+        e0 = chain.pop(0)
+        lo, hi = _tail_bound(chain, e0)
         dl, dh = np.maximum(dl, lo), np.minimum(dh, hi)
-        for m, t in enumerate(tail):
-            per_layer[len(per_layer) - len(tail) + m] = float(
+        for m, t in enumerate(chain):
+            per_layer[len(per_layer) - len(chain) + m] = float(
                 np.maximum(np.abs(t.dl), np.abs(t.dh)).max(initial=0.0))
     bound = float(np.maximum(np.abs(dl), np.abs(dh)).max(initial=0.0))
     return {"certified_bound": bound, "per_layer_deviation": per_layer,
