@@ -133,7 +133,16 @@ def run(out: Path, s: DemoSettings, progress=None) -> dict:
     secs["plant"] = time.perf_counter() - t0
 
     say(6, STEPS[6])
-    summary = {
+    summary = _summary(s, target, acc, cmp, ws, wres, cnn, sres, pres, secs)
+    summary["seconds"]["total"] = time.perf_counter() - t_start
+    html_report(summary, out).save(out / "report.html")
+    write_json(out / "summary.json", summary, indent=1)
+    return summary
+
+
+def _summary(s: DemoSettings, target, acc, cmp, ws, wres, cnn, sres, pres, secs) -> dict:
+    """``summary.json``'s dict from each step's results."""
+    return {
         "settings": asdict(s),
         "target": {"dims": target.dims, "params": target.n_params, "accuracy": acc,
                    "file": "target.safetensors"},
@@ -155,10 +164,6 @@ def run(out: Path, s: DemoSettings, progress=None) -> dict:
                                               "error_mean")} for r in pres["runs"]]},
         "seconds": secs,
     }
-    summary["seconds"]["total"] = time.perf_counter() - t_start
-    html_report(summary, out).save(out / "report.html")
-    write_json(out / "summary.json", summary, indent=1)
-    return summary
 
 
 def cnn_ticket(data, s: DemoSettings, out: Path, progress=None) -> dict:
@@ -257,6 +262,24 @@ def html_report(sm: dict, out: Path) -> HtmlReport:
                   "layer is rescaled to max |w| = 1/√d_in (Malach's assumption; the predicted "
                   "class does not change).")
 
+    _constructions_section(rep, sm, out)
+    _width_section(rep, sm["width"], out)
+    _cnn_section(rep, sm["cnn"])
+    _search_sections(rep, sm, out)
+
+    rep.heading("Time")
+    rep.table(["step", "seconds"], [[k, v] for k, v in sm["seconds"].items()])
+    rep.paragraph("Reproduce: slth demo --seed " + str(s["seed"]) + ". Files next to this page: "
+                  "target.safetensors, pensia-ticket.safetensors, cnn-target.safetensors, "
+                  "cnn-ticket.safetensors (load with slth.load_ticket / "
+                  "slth.targets.load_target), summary.json, compare.png, eps.png, search/.",
+                  note=True)
+    return rep
+
+
+def _constructions_section(rep: HtmlReport, sm: dict, out: Path) -> None:
+    """Section 2: every construction at the demo's eps."""
+    s = sm["settings"]
     rep.heading(f"2. Every construction at certified error ε = {s['eps']:g}")
     rep.paragraph("Each method picks the smallest size whose certified bound on "
                   "max over x in [0,1]^64 of ‖F(x) − ticket(x)‖∞ is ≤ ε. The bound is rigorous "
@@ -283,7 +306,9 @@ def html_report(sm: dict, out: Path) -> HtmlReport:
                                    "ticket (log scale). Right: certified bound vs largest error "
                                    "found, with ε in red.")
 
-    w = sm["width"]
+
+def _width_section(rep: HtmlReport, w: dict, out: Path) -> None:
+    """Section 3: size against eps beside the theorems."""
     rep.heading("3. How wide must G be? Size against ε, beside the theorems")
     rep.paragraph(f"Target: {w['target']}. For each ε, the smallest size that meets ε "
                   f"(certified) for a fraction ≥ {1 - w['delta']:g} of {w['seeds']} seeds. "
@@ -302,8 +327,10 @@ def html_report(sm: dict, out: Path) -> HtmlReport:
     rep.image(out / "eps.png", "Size (left) and G's first hidden width (right) against ε; "
                                "dotted black: Pensia's lower bound d·log2(1/ε).")
 
-    _cnn_section(rep, sm["cnn"])
 
+def _search_sections(rep: HtmlReport, sm: dict, out: Path) -> None:
+    """Sections 5 and 6: edge-popup on FC2, and on the planted Pensia ticket's G."""
+    s = sm["settings"]
     rep.heading("5. Finding tickets by training: edge-popup on FC2")
     rep.paragraph(f"Edge-popup learns a score per frozen random weight and keeps the top "
                   f"fraction (the density) of each layer; {s['search_epochs']} epochs. Pensia's "
@@ -328,12 +355,3 @@ def html_report(sm: dict, out: Path) -> HtmlReport:
                "agreement with F", "mean output error"],
               [[r["density"], r["epochs"], r["precision"], r["recall"], r["chance_precision"],
                 _pct(r["accuracy"]), _pct(r["agreement"]), r["error_mean"]] for r in p["runs"]])
-
-    rep.heading("Time")
-    rep.table(["step", "seconds"], [[k, v] for k, v in sm["seconds"].items()])
-    rep.paragraph("Reproduce: slth demo --seed " + str(s["seed"]) + ". Files next to this page: "
-                  "target.safetensors, pensia-ticket.safetensors, cnn-target.safetensors, "
-                  "cnn-ticket.safetensors (load with slth.load_ticket / "
-                  "slth.targets.load_target), summary.json, compare.png, eps.png, search/.",
-                  note=True)
-    return rep
