@@ -788,6 +788,8 @@ _ATEN_CONST_OK = {"t", "permute", "transpose", "view", "reshape", "_unsafe_view"
 _ATEN_ALIAS = {"clone", "alias", "detach", "contiguous", "_to_copy", "lift_fresh_copy", "to",
                "type_as"}
 _ATEN_IGNORE_PREFIX = ("_assert", "sym_constrain_range", "_print")
+_ATEN_BATCH_NORM = {"batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm",
+                    "_native_batch_norm_legit", "_native_batch_norm_legit_functional"}
 
 
 def _aten_name(target) -> str | None:
@@ -1393,27 +1395,8 @@ class _Reader:
 
         x = args[0] if args else None
         try:
-            if name == "conv2d":
-                b = bind("a.conv2d")
-                return self.conv(x, b["weight"], b["bias"], b["stride"], b["padding"],
-                                 b["dilation"], b["groups"])
-            if name == "convolution":
-                b = bind("a.convolution")
-                if len(b["stride"]) != 2:
-                    raise self.unsupported(f"{len(b['stride'])}-D convolution")
-                return self.conv(x, b["weight"], b["bias"], b["stride"], b["padding"],
-                                 b["dilation"], b["groups"], transposed=b["transposed"])
-            if name == "linear":
-                b = bind("a.linear")
-                return self.linear(x, b["weight"], b["bias"])
-            if name == "addmm":
-                b = bind("a.addmm")
-                if b["beta"] != 1 or b["alpha"] != 1 or not isinstance(b["mat2"], _Const):
-                    raise self.unsupported("aten.addmm", "with scaling or a non-constant matrix")
-                return self.linear(b["input"], _Const(b["mat2"].t.t()), b["bias"])
-            if name in ("mm", "matmul"):
-                b = bind("a.mm")
-                return self.matmul(b["input"], b["mat2"])
+            if name in ("conv2d", "convolution", "linear", "addmm", "mm", "matmul"):
+                return self.aten_affine(name, x, bind)
             if name in ("relu", "relu_"):
                 self.mutates = name == "relu_"
                 return self.relu(x)
@@ -1451,25 +1434,8 @@ class _Reader:
             if name == "constant_pad_nd":
                 b = bind("a.constant_pad_nd")
                 return self.pad(x, b["pad"], "constant", b["value"])
-            if name == "batch_norm":
-                b = bind("a.batch_norm")
-                return self.batch_norm(x, b["running_mean"], b["running_var"], b["weight"],
-                                       b["bias"], b["eps"], b["training"], self.node_name())
-            if name == "_native_batch_norm_legit_no_training":
-                b = bind("a.bn_no_training")
-                r = self.batch_norm(x, b["running_mean"], b["running_var"], b["weight"],
-                                    b["bias"], b["eps"], False, self.node_name())
-                return (r, _Bad("batch-norm statistics"), _Bad("batch-norm statistics"))
-            if name in ("native_batch_norm", "_native_batch_norm_legit",
-                        "_native_batch_norm_legit_functional"):
-                if name == "native_batch_norm":
-                    b = bind("a.native_batch_norm")
-                    if not b["training"]:
-                        r = self.batch_norm(x, b["running_mean"], b["running_var"], b["weight"],
-                                            b["bias"], b["eps"], False, self.node_name())
-                        return (r, _Bad("batch-norm statistics"), _Bad("batch-norm statistics"))
-                raise self.unsupported("batch norm in training mode", f"aten.{name}",
-                                       "export the model after model.eval()")
+            if name in _ATEN_BATCH_NORM:
+                return self.aten_batch_norm(name, x, bind)
             if name in ("dropout", "native_dropout", "feature_dropout", "alpha_dropout",
                         "feature_alpha_dropout"):
                 b = bind("a.dropout")
@@ -1485,6 +1451,49 @@ class _Reader:
         except _Skip as e:
             raise self.unsupported(f"aten.{name} with argument {e.args[0]!r}") from None
         raise self.unsupported(name, f"aten.{name}.{over}")
+
+    def aten_affine(self, name, x, bind):
+        """aten's convolutions, linear layers and matrix products."""
+        if name == "conv2d":
+            b = bind("a.conv2d")
+            return self.conv(x, b["weight"], b["bias"], b["stride"], b["padding"],
+                             b["dilation"], b["groups"])
+        if name == "convolution":
+            b = bind("a.convolution")
+            if len(b["stride"]) != 2:
+                raise self.unsupported(f"{len(b['stride'])}-D convolution")
+            return self.conv(x, b["weight"], b["bias"], b["stride"], b["padding"],
+                             b["dilation"], b["groups"], transposed=b["transposed"])
+        if name == "linear":
+            b = bind("a.linear")
+            return self.linear(x, b["weight"], b["bias"])
+        if name == "addmm":
+            b = bind("a.addmm")
+            if b["beta"] != 1 or b["alpha"] != 1 or not isinstance(b["mat2"], _Const):
+                raise self.unsupported("aten.addmm", "with scaling or a non-constant matrix")
+            return self.linear(b["input"], _Const(b["mat2"].t.t()), b["bias"])
+        b = bind("a.mm")
+        return self.matmul(b["input"], b["mat2"])
+
+    def aten_batch_norm(self, name, x, bind):
+        """aten's batch-norm variants: folded in eval mode (the statistics outputs unusable),
+        refused in training mode."""
+        if name == "batch_norm":
+            b = bind("a.batch_norm")
+            return self.batch_norm(x, b["running_mean"], b["running_var"], b["weight"],
+                                   b["bias"], b["eps"], b["training"], self.node_name())
+        if name == "_native_batch_norm_legit_no_training":
+            b = {**bind("a.bn_no_training"), "training": False}
+        elif name == "native_batch_norm":
+            b = bind("a.native_batch_norm")
+        else:
+            b = {"training": True}      # the _legit variants are training-mode ops
+        if b["training"]:
+            raise self.unsupported("batch norm in training mode", f"aten.{name}",
+                                   "export the model after model.eval()")
+        r = self.batch_norm(x, b["running_mean"], b["running_var"], b["weight"], b["bias"],
+                            b["eps"], False, self.node_name())
+        return (r, _Bad("batch-norm statistics"), _Bad("batch-norm statistics"))
 
     # ---- the whole graph
     def read(self, graph, placeholder) -> Net:
